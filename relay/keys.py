@@ -1,0 +1,22 @@
+"""Every Redis key and RQ queue name the relay uses, in one place.
+
+RQ owns its own keys (``rq:queue:<name>``, ``rq:job:<id>``, registries); the relay adds only these.
+"""
+
+from __future__ import annotations
+
+PREFIX = "relay"
+
+
+def event_key(event_id: str) -> str:
+    """Hash holding one event's record (field ``event``) and one field per run (``run:<job id>``)."""
+    return f"{PREFIX}:event:{event_id}"
+
+
+def run_field(job_id: str) -> str:
+    """The field of an event hash that holds one run's outcome."""
+    return f"run:{job_id}"
+
+
+EVENT_FIELD = "event"
+RUN_FIELD_PREFIX = "run:"

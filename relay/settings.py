@@ -1,0 +1,107 @@
+"""Settings: one object, read once from the environment (prefix ``RELAY_``) and ``.env``, passed down.
+
+Plivo credentials are read from ``PLIVO_AUTH_ID`` / ``PLIVO_AUTH_TOKEN`` like the official SDKs. Further
+accounts, for routes that name one, come from ``RELAY_ACCOUNTS__<NAME>__AUTH_ID`` / ``__AUTH_TOKEN``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relay.errors import SettingsError
+
+DEFAULT_ACCOUNT = "default"
+ENV_PREFIX = "RELAY_"
+
+
+class PlivoAccount(BaseModel):
+    """The credentials of one Plivo account."""
+
+    auth_id: str = Field(min_length=1)
+    auth_token: SecretStr
+
+
+class Settings(BaseSettings):
+    """Everything the ingress, the worker and the CLI need to know about their surroundings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+    )
+
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis holding queues and outcomes.")
+    plivo_auth_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PLIVO_AUTH_ID", "RELAY_PLIVO_AUTH_ID"),
+        description="Auth ID of the default Plivo account.",
+    )
+    plivo_auth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PLIVO_AUTH_TOKEN", "RELAY_PLIVO_AUTH_TOKEN"),
+        description="Auth Token of the default Plivo account.",
+    )
+    accounts: dict[str, PlivoAccount] = Field(
+        default_factory=dict, description="Further Plivo accounts by name, for routes that set `account`."
+    )
+    runner_url: str = Field(
+        default="https://phlorunner.plivo.com", pattern=r"^https?://", description="Base URL of the PHLO runner."
+    )
+    config_path: Path = Field(default=Path("config/routes.yaml"), description="The mapping config (YAML).")
+    host: str = Field(default="127.0.0.1", description="Address the ingress binds to.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port the ingress listens on.")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Larger webhook bodies get 413.")
+    queue_name: str = Field(
+        default="phlo-runs", pattern=r"^[A-Za-z0-9_.:-]+$", description="RQ queue holding PHLO runs."
+    )
+    runner_connect_timeout_s: float = Field(default=3.0, gt=0, description="Connect timeout to the runner.")
+    runner_read_timeout_s: float = Field(default=5.0, gt=0, description="Read timeout (plivo-python's is 5 s).")
+    run_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before a run is dead-lettered.")
+    run_retry_delay_s: int = Field(default=10, ge=0, description="Delay before each retry of a failed run.")
+    job_timeout_s: int = Field(default=60, ge=5, description="RQ job timeout of one delivery attempt.")
+    outcome_ttl_s: int = Field(default=30 * 86400, ge=60, description="How long event outcomes are kept.")
+    dead_letter_ttl_s: int = Field(
+        default=30 * 86400, ge=60, description="How long dead-lettered runs stay in RQ's failed registry."
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    def account(self, name: str) -> PlivoAccount | None:
+        """The credentials of the named account (``default`` is the PLIVO_AUTH_* pair), or None."""
+        if name == DEFAULT_ACCOUNT:
+            if self.plivo_auth_id and self.plivo_auth_token is not None:
+                return PlivoAccount(auth_id=self.plivo_auth_id, auth_token=self.plivo_auth_token)
+            return None
+        return self.accounts.get(name)
+
+    def account_names(self) -> set[str]:
+        """Names a route may give as its ``account``."""
+        return {DEFAULT_ACCOUNT, *self.accounts}
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a settings field."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; an invalid value raises SettingsError naming the variable (never its value)."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False):
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            rest = "__".join(str(part).upper() for part in error["loc"][1:])
+            name = env_name(field) + (f"__{rest}" if rest else "")
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
