@@ -1,0 +1,224 @@
+"""The mapping config: which sources the relay accepts and which PHLO runs their events become.
+
+Loaded from YAML and validated with pydantic; every problem is reported with the file, the route (or source)
+and the field, so ``relay check`` can list them all at once.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+import jmespath
+import yaml
+from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from relay.errors import ConfigError, ConfigProblem
+from relay.settings import DEFAULT_ACCOUNT
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(expression: str) -> ParsedResult:
+    """Compile a JMESPath expression once; raises JMESPathError when it does not parse."""
+    return jmespath.compile(expression)
+
+
+def _check_expression(expression: str) -> str:
+    try:
+        compile_expression(expression)
+    except JMESPathError as exc:
+        raise ValueError(f"invalid JMESPath expression {expression!r}: {exc}") from None
+    return expression
+
+
+Expression = Annotated[str, Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Locator(_Strict):
+    """Where a value is found in a request: a JMESPath ``path`` into the body, or a ``header``."""
+
+    path: Expression | None = None
+    header: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Locator:
+        if (self.path is None) == (self.header is None):
+            raise ValueError("give exactly one of `path` (JMESPath into the body) or `header`")
+        if self.path is not None:
+            _check_expression(self.path)
+        return self
+
+
+class Source(_Strict):
+    """A sender, reached at ``POST /hooks/{name}``."""
+
+    event_id: Locator | None = None
+    event_type: Locator | None = None
+
+
+class PathValue(_Strict):
+    """A payload value taken from the event with a JMESPath expression."""
+
+    path: Expression
+    default: Any = None
+    required: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _compiles(cls, path: str) -> str:
+        return _check_expression(path)
+
+
+class LiteralValue(_Strict):
+    """A payload value given as is (any JSON value, objects included)."""
+
+    value: Any
+
+
+def _payload_value(raw: Any) -> Any:
+    # A bare scalar or list is a literal; a mapping must say what it is, so that a typo such as
+    # `{paht: ...}` is an error instead of a literal object silently sent to the PHLO.
+    if isinstance(raw, dict):
+        if "path" in raw:
+            return PathValue.model_validate(raw)
+        if set(raw) == {"value"}:
+            return LiteralValue.model_validate(raw)
+        raise ValueError("a mapping must be {path: ..., default: ..., required: ...} or {value: ...}")
+    return LiteralValue(value=raw)
+
+
+class Route(_Strict):
+    """Which events of a source become a run of which PHLO, with which payload."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str
+    events: list[str] | None = Field(
+        default=None, min_length=1, description="event types (shell-style patterns) this route applies to"
+    )
+    when: Expression | None = Field(default=None, description="JMESPath condition on the event; truthy matches")
+    phlo_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    account: str = DEFAULT_ACCOUNT
+    payload: dict[str, PathValue | LiteralValue] = Field(default_factory=dict)
+
+    @field_validator("when")
+    @classmethod
+    def _when_compiles(cls, when: str | None) -> str | None:
+        return None if when is None else _check_expression(when)
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _payload_values(cls, raw: Any) -> Any:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise ValueError("payload must be a mapping of key to value")
+        return {key: _payload_value(value) for key, value in raw.items()}
+
+
+class RelayConfig(_Strict):
+    """The whole mapping config."""
+
+    sources: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Source]
+    routes: list[Route] = Field(default_factory=list)
+
+    def routes_for(self, source: str) -> list[Route]:
+        """The routes of one source, in config order."""
+        return [route for route in self.routes if route.source == source]
+
+    def phlo_ids(self) -> set[str]:
+        """Every PHLO id any route runs."""
+        return {route.phlo_id for route in self.routes}
+
+
+def _location(loc: tuple[int | str, ...], data: Any) -> str:
+    """Name a pydantic error location the way a user reads the YAML: ``route 'x' (routes[0]) payload.to``."""
+    if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):
+        routes = data.get("routes") if isinstance(data, dict) else None
+        name = None
+        if isinstance(routes, list) and loc[1] < len(routes) and isinstance(routes[loc[1]], dict):
+            name = routes[loc[1]].get("name")
+        where = f"route {name!r} (routes[{loc[1]}])" if name else f"routes[{loc[1]}]"
+        rest = loc[2:]
+    elif len(loc) >= 2 and loc[0] == "sources":
+        where, rest = f"source {loc[1]!r}", loc[2:]
+    else:
+        where, rest = "top level", loc
+    # pydantic names the union member it tried (`PathValue`, `function-after[...]`); users never wrote those.
+    fields = [str(part) for part in rest if not str(part)[:1].isupper() and "[" not in str(part)]
+    return f"{where}: field {'.'.join(fields)}" if fields else where
+
+
+def _cross_check(config: RelayConfig, file: str, accounts: set[str] | None) -> list[ConfigProblem]:
+    problems = []
+    seen: set[str] = set()
+    for index, route in enumerate(config.routes):
+        where = f"route {route.name!r} (routes[{index}])"
+        if route.name in seen:
+            problems.append(ConfigProblem(file, f"{where}: field name", "another route has this name"))
+        seen.add(route.name)
+        source = config.sources.get(route.source)
+        if source is None:
+            known = ", ".join(sorted(config.sources)) or "none"
+            problems.append(
+                ConfigProblem(file, f"{where}: field source", f"no source {route.source!r} (sources: {known})")
+            )
+        elif route.events is not None and source.event_type is None:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{where}: field events",
+                    f"source {route.source!r} declares no event_type to match events against",
+                )
+            )
+        if accounts is not None and route.account not in accounts:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{where}: field account",
+                    f"no Plivo account {route.account!r} in settings (set RELAY_ACCOUNTS__"
+                    f"{route.account.upper()}__AUTH_ID and __AUTH_TOKEN)",
+                )
+            )
+    return problems
+
+
+def parse_config(text: str, file: str, accounts: set[str] | None = None) -> RelayConfig:
+    """Validate config text; raise ConfigError listing every problem. ``accounts``: names settings know."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(file, "top level", "must be a mapping with `sources` and `routes`")])
+    try:
+        config = RelayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            ConfigProblem(file, _location(tuple(error["loc"]), data), error["msg"].removeprefix("Value error, "))
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+        raise ConfigError(problems) from None
+    problems = _cross_check(config, file, accounts)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: Path, accounts: set[str] | None = None) -> RelayConfig:
+    """Read and validate the mapping config at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), "file", f"cannot be read: {exc.strerror}")]) from None
+    return parse_config(text, str(path), accounts)

@@ -1,0 +1,111 @@
+"""Event document to PHLO runs: match the source's routes, then build each payload with JMESPath."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from jmespath.exceptions import JMESPathError
+
+from relay.config import LiteralValue, Locator, RelayConfig, Route, compile_expression
+from relay.errors import MappingError
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One PHLO run an event should cause."""
+
+    route: str
+    phlo_id: str
+    account: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UnmappedRun:
+    """A route that matched an event but whose payload could not be built."""
+
+    route: str
+    phlo_id: str
+    account: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MappedEvent:
+    """What an event maps to: runs to queue, and routes that matched but could not be mapped."""
+
+    runs: list[PlannedRun] = field(default_factory=list)
+    failures: list[UnmappedRun] = field(default_factory=list)
+
+    @property
+    def ignored(self) -> bool:
+        """True when no route matched at all."""
+        return not self.runs and not self.failures
+
+
+def search(expression: str, document: Any) -> Any:
+    """Evaluate a (validated) JMESPath expression; an evaluation error counts as no value."""
+    try:
+        return compile_expression(expression).search(document)
+    except JMESPathError:
+        return None
+
+
+def locate(locator: Locator | None, document: Any, headers: Mapping[str, str]) -> str | None:
+    """The value a locator points at, as text, or None when absent."""
+    if locator is None:
+        return None
+    value = headers.get(locator.header) if locator.header is not None else search(str(locator.path), document)
+    if value is None or value == "" or isinstance(value, dict | list):
+        return None
+    return str(value)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def route_matches(route: Route, event_type: str | None, document: Any) -> bool:
+    """Whether the route applies: its event types (patterns) and its JMESPath condition."""
+    if route.events is not None and (
+        event_type is None or not any(fnmatchcase(event_type, pattern) for pattern in route.events)
+    ):
+        return False
+    return route.when is None or bool(search(route.when, document))
+
+
+def build_payload(route: Route, document: Any) -> dict[str, Any]:
+    """The PHLO payload of one route; raises MappingError naming a required key that has no value."""
+    payload: dict[str, Any] = {}
+    for key, spec in route.payload.items():
+        if isinstance(spec, LiteralValue):
+            value = spec.value
+        else:
+            value = search(spec.path, document)
+            if _is_missing(value):
+                if spec.default is not None:
+                    value = spec.default
+                elif spec.required:
+                    raise MappingError(route.name, f"required payload key {key!r}: path {spec.path!r} found no value")
+        # Like plivo-python, keys without a value are not sent.
+        if value is not None:
+            payload[key] = value
+    return payload
+
+
+def map_event(config: RelayConfig, source: str, event_type: str | None, document: Any) -> MappedEvent:
+    """Every run the event causes (fan-out), and the matching routes it could not be mapped for."""
+    mapped = MappedEvent()
+    for route in config.routes_for(source):
+        if not route_matches(route, event_type, document):
+            continue
+        try:
+            payload = build_payload(route, document)
+        except MappingError as exc:
+            mapped.failures.append(UnmappedRun(route.name, route.phlo_id, route.account, exc.message))
+            continue
+        mapped.runs.append(PlannedRun(route.name, route.phlo_id, route.account, payload))
+    return mapped
