@@ -104,7 +104,9 @@ class Route(_Strict):
     events: list[str] | None = Field(
         default=None, min_length=1, description="event types (shell-style patterns) this route applies to"
     )
-    when: Expression | None = Field(default=None, description="JMESPath condition on the event; truthy matches")
+    when: Expression | None = Field(
+        default=None, description="JMESPath condition on the event; truthy matches"
+    )
     phlo_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     account: str = DEFAULT_ACCOUNT
     payload: dict[str, PathValue | LiteralValue] = Field(default_factory=dict)
@@ -169,7 +171,9 @@ def _cross_check(config: RelayConfig, file: str, accounts: set[str] | None) -> l
         if source is None:
             known = ", ".join(sorted(config.sources)) or "none"
             problems.append(
-                ConfigProblem(file, f"{where}: field source", f"no source {route.source!r} (sources: {known})")
+                ConfigProblem(
+                    file, f"{where}: field source", f"no source {route.source!r} (sources: {known})"
+                )
             )
         elif route.events is not None and source.event_type is None:
             problems.append(
@@ -198,14 +202,18 @@ def parse_config(text: str, file: str, accounts: set[str] | None = None) -> Rela
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        raise ConfigError(
+            [ConfigProblem(file, where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem(file, "top level", "must be a mapping with `sources` and `routes`")])
     try:
         config = RelayConfig.model_validate(data)
     except ValidationError as exc:
         problems = [
-            ConfigProblem(file, _location(tuple(error["loc"]), data), error["msg"].removeprefix("Value error, "))
+            ConfigProblem(
+                file, _location(tuple(error["loc"]), data), error["msg"].removeprefix("Value error, ")
+            )
             for error in exc.errors(include_input=False, include_url=False)
         ]
         raise ConfigError(problems) from None

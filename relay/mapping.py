@@ -89,7 +89,9 @@ def build_payload(route: Route, document: Any) -> dict[str, Any]:
                 if spec.default is not None:
                     value = spec.default
                 elif spec.required:
-                    raise MappingError(route.name, f"required payload key {key!r}: path {spec.path!r} found no value")
+                    raise MappingError(
+                        route.name, f"required payload key {key!r}: path {spec.path!r} found no value"
+                    )
         # Like plivo-python, keys without a value are not sent.
         if value is not None:
             payload[key] = value

@@ -63,4 +63,6 @@ def parse_body(content_type: str, charset: str | None, body: bytes) -> Any:
         return parse_form(body, charset)
     if not content_type:
         raise UnsupportedMediaType(f"Content-Type is missing; send {JSON_TYPES[0]} or {FORM_TYPE}")
-    raise UnsupportedMediaType(f"Content-Type {content_type!r} is not supported; send {JSON_TYPES[0]} or {FORM_TYPE}")
+    raise UnsupportedMediaType(
+        f"Content-Type {content_type!r} is not supported; send {JSON_TYPES[0]} or {FORM_TYPE}"
+    )

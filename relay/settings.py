@@ -6,6 +6,7 @@ accounts, for routes that name one, come from ``RELAY_ACCOUNTS__<NAME>__AUTH_ID`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
@@ -34,9 +35,12 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="ignore",
         frozen=True,
+        validate_by_name=True,
     )
 
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis holding queues and outcomes.")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis holding queues and outcomes."
+    )
     plivo_auth_id: str | None = Field(
         default=None,
         validation_alias=AliasChoices("PLIVO_AUTH_ID", "RELAY_PLIVO_AUTH_ID"),
@@ -51,7 +55,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="Further Plivo accounts by name, for routes that set `account`."
     )
     runner_url: str = Field(
-        default="https://phlorunner.plivo.com", pattern=r"^https?://", description="Base URL of the PHLO runner."
+        default="https://phlorunner.plivo.com",
+        pattern=r"^https?://",
+        description="Base URL of the PHLO runner.",
     )
     config_path: Path = Field(default=Path("config/routes.yaml"), description="The mapping config (YAML).")
     host: str = Field(default="127.0.0.1", description="Address the ingress binds to.")
@@ -61,7 +67,9 @@ class Settings(BaseSettings):
         default="phlo-runs", pattern=r"^[A-Za-z0-9_.:-]+$", description="RQ queue holding PHLO runs."
     )
     runner_connect_timeout_s: float = Field(default=3.0, gt=0, description="Connect timeout to the runner.")
-    runner_read_timeout_s: float = Field(default=5.0, gt=0, description="Read timeout (plivo-python's is 5 s).")
+    runner_read_timeout_s: float = Field(
+        default=5.0, gt=0, description="Read timeout (plivo-python's is 5 s)."
+    )
     run_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before a run is dead-lettered.")
     run_retry_delay_s: int = Field(default=10, ge=0, description="Delay before each retry of a failed run.")
     job_timeout_s: int = Field(default=60, ge=5, description="RQ job timeout of one delivery attempt.")
@@ -82,6 +90,25 @@ class Settings(BaseSettings):
     def account_names(self) -> set[str]:
         """Names a route may give as its ``account``."""
         return {DEFAULT_ACCOUNT, *self.accounts}
+
+    def as_environment(self) -> dict[str, str]:
+        """Environment variables that rebuild these settings in a child process (secrets included)."""
+        env = {}
+        for field in type(self).model_fields:
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif field == "accounts":
+                value = json.dumps(
+                    {
+                        name: {"auth_id": acc.auth_id, "auth_token": acc.auth_token.get_secret_value()}
+                        for name, acc in value.items()
+                    }
+                )
+            env[env_name(field)] = str(value)
+        return env
 
 
 def env_name(field: str) -> str:

@@ -1,0 +1,107 @@
+"""``relay dev``: Redis, the ingress, a worker and (without real credentials) the sandbox, on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from relay.config import RelayConfig, load_config
+from relay.errors import RelayError
+from relay.ingress import create_app
+from relay.redis_server import EmbeddedRedis
+from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, create_sandbox_app
+from relay.settings import Settings
+
+SANDBOX_PORT = 8099
+WORKER_STOP_TIMEOUT_S = 10.0
+
+
+def sample_curls(config: RelayConfig, config_path: Path, base_url: str) -> list[str]:
+    """A ready-to-paste curl per source with a sample body in ``samples/<source>.json`` beside the config."""
+    curls = []
+    for source in config.sources:
+        sample = config_path.parent / "samples" / f"{source}.json"
+        if sample.is_file():
+            body = json.dumps(json.loads(sample.read_text(encoding="utf-8")), separators=(",", ":"))
+            header = "-H 'Content-Type: application/json'"
+            curls.append(f"curl -sS {base_url}/hooks/{source} {header} -d {shlex.quote(body)}")
+    return curls
+
+
+async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def _serve(settings: Settings, config: RelayConfig, use_sandbox: bool) -> None:
+    runners = []
+    if use_sandbox:
+        sandbox = SandboxConfig(credentials={SANDBOX_AUTH_ID: SANDBOX_AUTH_TOKEN}, phlo_ids=config.phlo_ids())
+        runners.append(await _start_site(create_sandbox_app(sandbox), "127.0.0.1", SANDBOX_PORT))
+    runners.append(await _start_site(create_app(settings, config), settings.host, settings.port))
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "worker", env={**os.environ, **settings.as_environment()}
+    )
+    base_url = f"http://{settings.host}:{settings.port}"
+    lines = [
+        "",
+        f"phlo-relay is up: {base_url}  (Redis {settings.redis_url}, runner {settings.runner_url})",
+        "Send a sample event:",
+        *(f"  {curl}" for curl in sample_curls(config, settings.config_path, base_url)),
+        f"Then see its outcome: curl -sS {base_url}/events/<event_id>",
+    ]
+    if use_sandbox:
+        lines.append(f"Runs the sandbox received: curl -sS {settings.runner_url}/_sandbox/runs")
+    lines.append("Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    worker_exit = asyncio.ensure_future(worker.wait())
+    stop_wait = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([worker_exit, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_wait.cancel()
+        if worker.returncode is None:
+            worker.terminate()  # RQ's warm shutdown: the current run finishes first
+            try:
+                await asyncio.wait_for(worker_exit, WORKER_STOP_TIMEOUT_S)
+            except TimeoutError:
+                worker.kill()
+                await worker_exit
+        for runner in reversed(runners):
+            await runner.cleanup()
+    if not stop.is_set():
+        raise RelayError(f"the worker exited unexpectedly with code {worker.returncode}")
+
+
+def run_dev(settings: Settings, data_dir: Path) -> int:
+    """Run everything until Ctrl-C; real Plivo credentials in the environment skip the sandbox."""
+    use_sandbox = settings.account("default") is None
+    if use_sandbox:
+        settings = settings.model_copy(
+            update={
+                "runner_url": f"http://127.0.0.1:{SANDBOX_PORT}",
+                "plivo_auth_id": SANDBOX_AUTH_ID,
+                "plivo_auth_token": SecretStr(SANDBOX_AUTH_TOKEN),
+            }
+        )
+    config = load_config(settings.config_path, settings.account_names())
+    with EmbeddedRedis(data_dir / "redis") as redis_server:
+        settings = settings.model_copy(update={"redis_url": redis_server.url})
+        asyncio.run(_serve(settings, config, use_sandbox))
+    print("phlo-relay dev stopped.", flush=True)
+    return 0

@@ -1,0 +1,155 @@
+"""The ingress: an aiohttp app that takes webhooks, maps them and answers once their runs are in Redis.
+
+RQ and redis-py are synchronous, so Redis work runs on a bounded thread pool owned by the app; the event
+loop never blocks on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from aiohttp import web
+from redis import ConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from relay import outcome
+from relay.config import RelayConfig
+from relay.enqueue import StoredEvent, store_event
+from relay.errors import BodyTooLarge, IngressRefused, RedisUnavailable, UnknownSource
+from relay.mapping import locate, map_event
+from relay.parse import parse_body
+from relay.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SETTINGS = web.AppKey("settings", Settings)
+CONFIG = web.AppKey("config", RelayConfig)
+REDIS = web.AppKey("redis", Redis)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+REDIS_THREADS = 32
+READ_CHUNK_BYTES = 64 * 1024
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """Every error the relay answers: a JSON body saying what is wrong."""
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """Turn refusals and aiohttp's own HTTP errors (404, 405, 413) into JSON answers."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except IngressRefused as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except RedisUnavailable as exc:
+        log.error("Redis unavailable: %s", exc)
+        return error_response(
+            503, "queue_unavailable", "the relay cannot store events right now; retry later"
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return error_response(exc.status, code, exc.text or exc.reason)
+
+
+async def in_thread(request: web.Request, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking Redis work on the app's thread pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[EXECUTOR], lambda: func(*args, **kwargs))
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The whole body, refusing it as soon as it passes ``max_bytes`` (declared or actual)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise BodyTooLarge(f"body of {request.content_length} bytes is over the limit of {max_bytes}")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
+        body += chunk
+        if len(body) > max_bytes:
+            raise BodyTooLarge(f"body is over the limit of {max_bytes} bytes")
+    return bytes(body)
+
+
+def _accepted_body(stored: StoredEvent) -> dict[str, Any]:
+    return {
+        "event_id": stored.record.event_id,
+        "source_event_id": stored.record.source_event_id,
+        "status": stored.record.status.value,
+        "jobs": [{"route": run.route, "phlo_id": run.phlo_id, "job_id": run.job_id} for run in stored.runs],
+        "dead_lettered": [{"route": run.route, "reason": run.last_error} for run in stored.dead_letters],
+    }
+
+
+async def receive_hook(request: web.Request) -> web.Response:
+    """``POST /hooks/{source}``: parse, map, store; 202 once every run is queued (200 when ignored)."""
+    settings, config = request.app[SETTINGS], request.app[CONFIG]
+    source_name = request.match_info["source"]
+    source = config.sources.get(source_name)
+    if source is None:
+        raise UnknownSource(f"no source named {source_name!r} is configured")
+    body = await read_body(request, settings.max_body_bytes)
+    document = parse_body(request.content_type.lower(), request.charset, body)
+    event_type = locate(source.event_type, document, request.headers)
+    mapped = map_event(config, source_name, event_type, document)
+    stored = await in_thread(
+        request,
+        store_event,
+        request.app[REDIS],
+        settings,
+        source=source_name,
+        source_event_id=locate(source.event_id, document, request.headers),
+        event_type=event_type,
+        mapped=mapped,
+    )
+    log.info(
+        "event %s from %s: %s, %d run(s) queued, %d dead-lettered",
+        stored.record.event_id,
+        source_name,
+        stored.record.status.value,
+        len(stored.runs),
+        len(stored.dead_letters),
+    )
+    return web.json_response(_accepted_body(stored), status=200 if mapped.ignored else 202)
+
+
+async def show_event(request: web.Request) -> web.Response:
+    """``GET /events/{event_id}``: the event and the outcome of each of its runs."""
+    event_id = request.match_info["event_id"]
+    try:
+        view = await in_thread(request, outcome.read_event, request.app[REDIS], event_id)
+    except RedisError as exc:
+        raise RedisUnavailable(type(exc).__name__) from exc
+    if view is None:
+        return error_response(404, "unknown_event", f"no event {event_id!r} (never received, or expired)")
+    return web.json_response(view.model_dump(mode="json"))
+
+
+def create_app(settings: Settings, config: RelayConfig) -> web.Application:
+    """The ingress app; its cleanup context owns the Redis pool and the thread pool."""
+    # aiohttp's own limit is a safety net; read_body gives the JSON 413 first.
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes + 1)
+    app[SETTINGS] = settings
+    app[CONFIG] = config
+
+    async def connections(app: web.Application) -> AsyncIterator[None]:
+        pool = ConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_THREADS, socket_connect_timeout=2, socket_timeout=5
+        )
+        app[REDIS] = Redis(connection_pool=pool)
+        app[EXECUTOR] = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="relay-redis")
+        yield
+        app[EXECUTOR].shutdown(wait=True)
+        pool.disconnect()
+
+    app.cleanup_ctx.append(connections)
+    app.router.add_post(r"/hooks/{source}", receive_hook)
+    app.router.add_get(r"/events/{event_id}", show_event)
+    return app

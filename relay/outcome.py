@@ -1,0 +1,107 @@
+"""Outcome records: what happened to each event and to each of its runs.
+
+One Redis hash per event (``keys.event_key``): field ``event`` holds the event's record, and one field per
+run holds that run's outcome, so workers updating different runs of one event never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from redis import Redis
+from redis.client import Pipeline
+
+from relay import keys
+
+
+class EventStatus(StrEnum):
+    ACCEPTED = "accepted"  # at least one run queued or dead-lettered
+    IGNORED = "ignored"  # no route matched
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the last attempt failed; a retry is scheduled
+    DEAD_LETTERED = "dead_lettered"  # no further attempt: in RQ's failed registry
+
+
+class EventRecord(BaseModel):
+    """An accepted or ignored webhook event."""
+
+    event_id: str
+    source: str
+    source_event_id: str | None
+    event_type: str | None
+    received_at: float
+    status: EventStatus
+    routes: list[str]
+
+
+class RunOutcome(BaseModel):
+    """Where one PHLO run stands."""
+
+    job_id: str
+    route: str
+    phlo_id: str
+    account: str
+    status: RunStatus
+    attempts: int = 0
+    phlo_run_id: str | None = None
+    message: str | None = None
+    http_status: int | None = None
+    elapsed_ms: float | None = None
+    last_error: str | None = None
+    ambiguous: bool = False
+    updated_at: float = 0.0
+
+
+class EventView(BaseModel):
+    """An event with all of its runs, as ``GET /events/{id}`` and ``relay events show`` present it."""
+
+    event: EventRecord
+    runs: list[RunOutcome]
+
+
+def write_event(pipe: Pipeline, record: EventRecord, runs: list[RunOutcome], ttl_s: int) -> None:
+    """Queue the writes of a new event's record and its runs on a (transactional) pipeline."""
+    key = keys.event_key(record.event_id)
+    now = time.time()
+    pipe.hset(key, keys.EVENT_FIELD, record.model_dump_json())
+    for run in runs:
+        pipe.hset(
+            key, keys.run_field(run.job_id), run.model_copy(update={"updated_at": now}).model_dump_json()
+        )
+    pipe.expire(key, ttl_s)
+
+
+def read_run(redis: Redis, event_id: str, job_id: str) -> RunOutcome | None:
+    """One run's outcome, or None if the event has expired."""
+    raw = redis.hget(keys.event_key(event_id), keys.run_field(job_id))
+    return RunOutcome.model_validate_json(raw) if raw else None
+
+
+def save_run(redis: Redis, event_id: str, run: RunOutcome, ttl_s: int, **changes: Any) -> RunOutcome:
+    """Store a run's outcome with ``changes`` applied, and keep the event for ``ttl_s`` from now."""
+    updated = run.model_copy(update={**changes, "updated_at": time.time()})
+    key = keys.event_key(event_id)
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, keys.run_field(run.job_id), updated.model_dump_json())
+        pipe.expire(key, ttl_s)
+        pipe.execute()
+    return updated
+
+
+def read_event(redis: Redis, event_id: str) -> EventView | None:
+    """The event and all its runs, or None when unknown or expired."""
+    fields: dict[bytes, bytes] = redis.hgetall(keys.event_key(event_id))  # type: ignore[assignment]
+    raw_event = fields.pop(keys.EVENT_FIELD.encode(), None)
+    if raw_event is None:
+        return None
+    runs = [RunOutcome.model_validate_json(value) for value in fields.values()]
+    runs.sort(key=lambda run: run.route)
+    return EventView(event=EventRecord.model_validate_json(raw_event), runs=runs)

@@ -1,0 +1,161 @@
+"""Real parts for every test: a private Redis server on a free port, and the runner sandbox over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+
+from relay.config import RelayConfig, parse_config
+from relay.redis_server import EmbeddedRedis
+from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
+from relay.settings import Settings, load_settings
+
+KNOWN_PHLO = "11111111-aaaa-4bbb-8ccc-000000000001"
+ALERT_PHLO = "11111111-aaaa-4bbb-8ccc-000000000002"
+UNKNOWN_PHLO = "99999999-dead-4bbb-8ccc-000000000000"
+
+TEST_CONFIG = f"""
+sources:
+  website-form:
+    event_id: {{path: submission_id}}
+    event_type: {{path: form}}
+  hubspot-workflow:
+    event_id: {{header: X-Request-Id}}
+  typeform:
+    event_id: {{path: event_id}}
+    event_type: {{path: event_type}}
+  misrouted:
+    event_id: {{path: id}}
+
+routes:
+  - name: callback
+    source: website-form
+    events: [callback-request]
+    phlo_id: {KNOWN_PHLO}
+    payload:
+      from: "+14155550100"
+      to: {{path: phone, required: true}}
+      name: {{path: name, default: there}}
+  - name: sales-alert
+    source: website-form
+    events: [callback-request]
+    when: "company_size == '500+'"
+    phlo_id: {ALERT_PHLO}
+    payload:
+      to: "+14155550199"
+      lead: {{path: phone}}
+  - name: hubspot-sms
+    source: hubspot-workflow
+    phlo_id: {KNOWN_PHLO}
+    payload:
+      from: "+14155550100"
+      to: {{path: properties.phone.value, required: true}}
+  - name: typeform-call
+    source: typeform
+    events: [form_response]
+    phlo_id: {KNOWN_PHLO}
+    payload:
+      to: {{path: "form_response.answers[?field.ref=='phone'] | [0].phone_number", required: true}}
+  - name: not-deployed
+    source: misrouted
+    phlo_id: {UNKNOWN_PHLO}
+    payload: {{to: "+14155550100"}}
+"""
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture
+def redis(redis_server: EmbeddedRedis) -> Iterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxThread]:
+    config = SandboxConfig(
+        credentials={SANDBOX_AUTH_ID: SANDBOX_AUTH_TOKEN}, phlo_ids={KNOWN_PHLO, ALERT_PHLO}
+    )
+    with SandboxThread(config) as sandbox:
+        yield sandbox
+
+
+class Sandbox:
+    """Test handle on the sandbox's control API (real HTTP)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def runs(self) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = self.http.get("/_sandbox/runs").raise_for_status().json()["runs"]
+        return runs
+
+    def fail(self, status: int, count: int | None, **extra: Any) -> None:
+        self.http.post(
+            "/_sandbox/faults", json={"status": status, "count": count, **extra}
+        ).raise_for_status()
+
+    def reset(self) -> None:
+        self.http.delete("/_sandbox/runs").raise_for_status()
+        self.http.delete("/_sandbox/faults").raise_for_status()
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxThread) -> Iterator[Sandbox]:
+    handle = Sandbox(sandbox_server.url)
+    handle.reset()
+    yield handle
+    handle.reset()
+    handle.http.close()
+
+
+@pytest.fixture
+def config() -> RelayConfig:
+    return parse_config(TEST_CONFIG, "test-config.yaml")
+
+
+@pytest.fixture
+def settings(
+    redis: Redis, redis_server: EmbeddedRedis, sandbox_server: SandboxThread, tmp_path: Path
+) -> Settings:
+    """Settings of a test: an emptied Redis, the sandbox, immediate retries."""
+    config_path = tmp_path / "routes.yaml"
+    config_path.write_text(TEST_CONFIG, encoding="utf-8")
+    return load_settings(
+        _env_file=None,
+        redis_url=redis_server.url,
+        runner_url=sandbox_server.url,
+        plivo_auth_id=SANDBOX_AUTH_ID,
+        plivo_auth_token=SANDBOX_AUTH_TOKEN,
+        config_path=config_path,
+        run_retry_delay_s=0,
+        runner_read_timeout_s=2.0,
+    )
+
+
+def drain_queue(settings: Settings) -> None:
+    """Run a real ``relay worker --burst`` until the relay's queue is empty (immediate retries included)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "worker", "--burst"],
+        env={**os.environ, **settings.as_environment()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
