@@ -74,7 +74,7 @@ def _sandbox(settings: Settings, args: argparse.Namespace) -> int:
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from relay.dev import run_dev
 
-    return run_dev(settings, data_dir=Path(args.data_dir))
+    return run_dev(settings, data_dir=Path(args.data_dir), sandbox_port=args.sandbox_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser("dev", help="run Redis, the ingress, a worker and the sandbox on this machine")
     dev.add_argument("--data-dir", default=".relay", help="where the embedded Redis keeps its data")
+    dev.add_argument(
+        "--sandbox-port", type=int, default=8099, help="port of the runner sandbox (default 8099)"
+    )
     dev.set_defaults(handler=_dev)
     return parser
 

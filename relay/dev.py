@@ -8,19 +8,23 @@ import os
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
 from pydantic import SecretStr
+from redis import Redis
+from rq import Worker
 
 from relay.config import RelayConfig, load_config
+from relay.enqueue import relay_queue
 from relay.errors import RelayError
 from relay.ingress import create_app
 from relay.redis_server import EmbeddedRedis
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, create_sandbox_app
 from relay.settings import Settings
 
-SANDBOX_PORT = 8099
+WORKER_START_TIMEOUT_S = 30.0
 WORKER_STOP_TIMEOUT_S = 10.0
 
 
@@ -36,6 +40,20 @@ def sample_curls(config: RelayConfig, config_path: Path, base_url: str) -> list[
     return curls
 
 
+def wait_for_worker(settings: Settings, pid: int) -> None:
+    """Return once the worker process is registered with RQ (listening on the queue)."""
+    redis = Redis.from_url(settings.redis_url)
+    queue = relay_queue(redis, settings)
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    try:
+        while not any(worker.pid == pid for worker in Worker.all(queue=queue)):
+            if time.monotonic() > deadline:
+                raise RelayError(f"the worker did not start within {WORKER_START_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)  # polling RQ's worker registry with a deadline
+    finally:
+        redis.close()
+
+
 async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -43,15 +61,21 @@ async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunn
     return runner
 
 
-async def _serve(settings: Settings, config: RelayConfig, use_sandbox: bool) -> None:
+async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | None) -> None:
     runners = []
-    if use_sandbox:
+    if sandbox_port is not None:
         sandbox = SandboxConfig(credentials={SANDBOX_AUTH_ID: SANDBOX_AUTH_TOKEN}, phlo_ids=config.phlo_ids())
-        runners.append(await _start_site(create_sandbox_app(sandbox), "127.0.0.1", SANDBOX_PORT))
+        runners.append(await _start_site(create_sandbox_app(sandbox), "127.0.0.1", sandbox_port))
     runners.append(await _start_site(create_app(settings, config), settings.host, settings.port))
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", "worker", env={**os.environ, **settings.as_environment()}
+        sys.executable,
+        "-m",
+        "relay",
+        "worker",
+        env={**os.environ, **settings.as_environment()},
+        start_new_session=True,  # stopped by us, in order, not by the terminal's Ctrl-C
     )
+    await asyncio.to_thread(wait_for_worker, settings, worker.pid)
     base_url = f"http://{settings.host}:{settings.port}"
     lines = [
         "",
@@ -60,7 +84,7 @@ async def _serve(settings: Settings, config: RelayConfig, use_sandbox: bool) -> 
         *(f"  {curl}" for curl in sample_curls(config, settings.config_path, base_url)),
         f"Then see its outcome: curl -sS {base_url}/events/<event_id>",
     ]
-    if use_sandbox:
+    if sandbox_port is not None:
         lines.append(f"Runs the sandbox received: curl -sS {settings.runner_url}/_sandbox/runs")
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
@@ -88,13 +112,13 @@ async def _serve(settings: Settings, config: RelayConfig, use_sandbox: bool) -> 
         raise RelayError(f"the worker exited unexpectedly with code {worker.returncode}")
 
 
-def run_dev(settings: Settings, data_dir: Path) -> int:
+def run_dev(settings: Settings, data_dir: Path, sandbox_port: int) -> int:
     """Run everything until Ctrl-C; real Plivo credentials in the environment skip the sandbox."""
     use_sandbox = settings.account("default") is None
     if use_sandbox:
         settings = settings.model_copy(
             update={
-                "runner_url": f"http://127.0.0.1:{SANDBOX_PORT}",
+                "runner_url": f"http://127.0.0.1:{sandbox_port}",
                 "plivo_auth_id": SANDBOX_AUTH_ID,
                 "plivo_auth_token": SecretStr(SANDBOX_AUTH_TOKEN),
             }
@@ -102,6 +126,6 @@ def run_dev(settings: Settings, data_dir: Path) -> int:
     config = load_config(settings.config_path, settings.account_names())
     with EmbeddedRedis(data_dir / "redis") as redis_server:
         settings = settings.model_copy(update={"redis_url": redis_server.url})
-        asyncio.run(_serve(settings, config, use_sandbox))
+        asyncio.run(_serve(settings, config, sandbox_port if use_sandbox else None))
     print("phlo-relay dev stopped.", flush=True)
     return 0

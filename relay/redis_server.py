@@ -109,7 +109,11 @@ class EmbeddedRedis:
         args += ["--appendonly", "yes" if self.appendonly else "no", "--save", "", "--daemonize", "no"]
         args += ["--logfile", str(self.log_path)]
         with self.log_path.open("ab") as log:
-            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            # A session of its own: a terminal's Ctrl-C reaches only the owner, which stops Redis last,
+            # after the processes that still write to it.
+            process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
         self._process = process
         client = redis.Redis(host=self.host, port=self.port, socket_timeout=_PING_TIMEOUT_S, retry=_NO_RETRY)
         deadline = time.monotonic() + self.start_timeout_s

@@ -1,0 +1,204 @@
+"""The commands as a user runs them: `relay dev`, `relay serve` + `relay worker`, `relay events show`."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from relay.redis_server import free_port
+from relay.settings import Settings
+from tests.conftest import Sandbox
+from tests.test_delivery import FORM
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """The environment of a child process without any relay or Plivo variable of this machine."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RELAY_", "PLIVO_"))}
+    return {**env, **extra}
+
+
+def poll(check: Callable[[], T | None], timeout_s: float = 20.0) -> T:
+    """Poll ``check`` until it returns a value, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        time.sleep(0.02)
+
+
+class Lines:
+    """The output lines of a child process, read on a thread so a test can wait for one with a deadline."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout_s: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"{text!r} not printed; output so far: {self.seen}") from None
+            self.seen.append(line)
+            if text in line:
+                return line
+
+
+def answers(url: str) -> int | None:
+    """The status a URL answers with, or None while nothing listens there."""
+    try:
+        return httpx.get(url).status_code
+    except httpx.ConnectError:
+        return None
+
+
+def send_curl(line: str) -> httpx.Response:
+    """Send what a printed `curl -sS URL -H 'K: V' -d BODY` line says, exactly."""
+    words = shlex.split(line.strip())
+    assert words[:2] == ["curl", "-sS"]
+    url, headers, body = words[2], {}, None
+    for flag, value in zip(words[3::2], words[4::2], strict=True):
+        if flag == "-H":
+            name, _, header_value = value.partition(":")
+            headers[name.strip()] = header_value.strip()
+        else:
+            assert flag == "-d"
+            body = value
+    return httpx.post(url, headers=headers, content=body)
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Lines, int, int]]:
+    port, sandbox_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "dev",
+            "--data-dir",
+            str(tmp_path),
+            "--sandbox-port",
+            str(sandbox_port),
+        ],
+        cwd=ROOT,
+        env=clean_environment(RELAY_PORT=str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield process, Lines(process.stdout), port, sandbox_port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
+    dev: tuple[subprocess.Popen[str], Lines, int, int],
+) -> None:
+    process, output, port, sandbox_port = dev
+    up = output.wait_for("phlo-relay is up")
+    redis_url = up.split("(Redis ")[1].split(",")[0]
+    curl = output.wait_for("/hooks/website-form")
+    output.wait_for("Ctrl-C stops everything")
+
+    sent_at = time.monotonic()
+    response = send_curl(curl)
+    assert response.status_code == 202, response.text
+    event_id = response.json()["event_id"]
+    runs = poll(lambda: httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/runs").json()["runs"] or None)
+    print(f"printed curl to run recorded at the sandbox: {time.monotonic() - sent_at:.3f} s")
+    assert {run["status"] for run in runs} == {201}
+
+    def succeeded() -> dict[str, Any] | None:
+        view = httpx.get(f"http://127.0.0.1:{port}/events/{event_id}").json()
+        done = all(run["status"] == "succeeded" for run in view["runs"])
+        return view if done else None
+
+    view = poll(succeeded)
+    assert {run["phlo_run_id"] for run in view["runs"]} == {run["api_id"] for run in runs}
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    output.wait_for("phlo-relay dev stopped")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/events/{event_id}")
+    with pytest.raises(RedisConnectionError):  # the embedded Redis is stopped too
+        Redis.from_url(redis_url, socket_connect_timeout=1, retry=None).ping()
+
+
+def test_serve_and_worker_processes_deliver_and_events_show_reads_the_outcome(
+    settings: Settings, sandbox: Sandbox
+) -> None:
+    port = free_port()
+    env = clean_environment(**{**settings.as_environment(), "RELAY_PORT": str(port)})
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    worker = subprocess.Popen([sys.executable, "-m", "relay", "worker"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: answers(f"http://127.0.0.1:{port}/events/none"))
+        response = httpx.post(f"http://127.0.0.1:{port}/hooks/website-form", json=FORM)
+        assert response.status_code == 202
+        event_id = response.json()["event_id"]
+
+        def shown() -> dict[str, Any] | None:
+            result = subprocess.run(
+                [sys.executable, "-m", "relay", "events", "show", event_id],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            view: dict[str, Any] = json.loads(result.stdout)
+            return view if view["runs"][0]["status"] == "succeeded" else None
+
+        view = poll(shown, timeout_s=30)
+        [run] = sandbox.runs()
+        assert view["runs"][0]["phlo_run_id"] == run["api_id"]
+    finally:
+        for process in (serve, worker):
+            process.terminate()
+        for process in (serve, worker):
+            process.wait(timeout=30)
+    assert worker.returncode == 0  # RQ's warm shutdown on SIGTERM
+
+
+def test_events_show_unknown_event_exits_1(settings: Settings) -> None:
+    env = clean_environment(**settings.as_environment())
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "events", "show", "evt_missing"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "no event 'evt_missing'" in result.stderr

@@ -1,0 +1,85 @@
+"""The ingress refuses bad input with a clear status and a JSON reason, and claims nothing it cannot store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis import Redis
+
+from relay.config import RelayConfig
+from relay.ingress import create_app
+from relay.redis_server import free_port
+from relay.settings import Settings
+from tests.test_delivery import FORM
+
+
+async def refusal(response: Any, status: int, code: str) -> str:
+    assert response.status == status
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert body["error"] == code
+    message: str = body["message"]
+    assert message
+    return message
+
+
+async def test_unknown_source_is_404(aiohttp_client: Any, settings: Settings, config: RelayConfig) -> None:
+    client = await aiohttp_client(create_app(settings, config))
+    message = await refusal(await client.post("/hooks/nobody", json=FORM), 404, "unknown_source")
+    assert "nobody" in message
+
+
+async def test_malformed_json_is_400(aiohttp_client: Any, settings: Settings, config: RelayConfig) -> None:
+    client = await aiohttp_client(create_app(settings, config))
+    response = await client.post(
+        "/hooks/website-form", data=b'{"phone": ', headers={"Content-Type": "application/json"}
+    )
+    assert "not valid JSON" in await refusal(response, 400, "malformed_body")
+
+
+async def test_unsupported_content_type_is_415(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig
+) -> None:
+    client = await aiohttp_client(create_app(settings, config))
+    response = await client.post("/hooks/website-form", data=b"<a/>", headers={"Content-Type": "text/csv"})
+    message = await refusal(response, 415, "unsupported_media_type")
+    assert "application/json" in message
+
+
+async def test_oversized_body_is_413_declared_or_streamed(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, redis: Redis
+) -> None:
+    small = settings.model_copy(update={"max_body_bytes": 2048})
+    client = await aiohttp_client(create_app(small, config))
+    big = {**FORM, "padding": "x" * 4096}
+    await refusal(await client.post("/hooks/website-form", json=big), 413, "body_too_large")
+
+    async def chunks() -> Any:  # no Content-Length: the limit holds while reading
+        for _ in range(8):
+            yield b" " * 1024
+
+    response = await client.post(
+        "/hooks/website-form", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    await refusal(response, 413, "body_too_large")
+    assert redis.dbsize() == 0
+
+
+async def test_wrong_method_and_unknown_path_answer_json(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig
+) -> None:
+    client = await aiohttp_client(create_app(settings, config))
+    await refusal(await client.get("/hooks/website-form"), 405, "method_not_allowed")
+    await refusal(await client.get("/nothing-here"), 404, "not_found")
+
+
+async def test_redis_unreachable_is_503_and_nothing_is_claimed(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig
+) -> None:
+    nowhere = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    client = await aiohttp_client(create_app(nowhere, config))
+    response = await client.post("/hooks/website-form", json=FORM)
+    message = await refusal(response, 503, "queue_unavailable")
+    assert "retry" in message
+    response = await client.get("/events/evt_x")
+    await refusal(response, 503, "queue_unavailable")
