@@ -30,7 +30,9 @@ def failure_reason(job: Job) -> str:
     return result.exc_string or ""
 
 
-async def post(client: TestClient[web.Request, web.Application], source: str, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+async def post(
+    client: TestClient[web.Request, web.Application], source: str, body: Any, **kwargs: Any
+) -> tuple[int, dict[str, Any]]:
     response = await client.post(f"/hooks/{source}", json=body, **kwargs)
     return response.status, await response.json()
 
