@@ -148,11 +148,17 @@ def settings(
     )
 
 
-def drain_queue(settings: Settings) -> None:
+def clean_environment(**extra: str) -> dict[str, str]:
+    """The environment of a child process without any relay or Plivo variable of this machine."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RELAY_", "PLIVO_"))}
+    return {**env, **extra}
+
+
+def drain_queue(settings: Settings, *worker_args: str) -> None:
     """Run a real ``relay worker --burst`` until the relay's queue is empty (immediate retries included)."""
     result = subprocess.run(
-        [sys.executable, "-m", "relay", "worker", "--burst"],
-        env={**os.environ, **settings.as_environment()},
+        [sys.executable, "-m", "relay", "worker", "--burst", *worker_args],
+        env=clean_environment(**settings.as_environment()),
         capture_output=True,
         text=True,
         timeout=60,

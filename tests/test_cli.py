@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shlex
 import signal
@@ -20,19 +19,15 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from relay.config import load_config
+from relay.ingress import create_app
 from relay.redis_server import free_port
 from relay.settings import Settings
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, clean_environment, drain_queue
 from tests.test_delivery import FORM
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
-
-
-def clean_environment(**extra: str) -> dict[str, str]:
-    """The environment of a child process without any relay or Plivo variable of this machine."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("RELAY_", "PLIVO_"))}
-    return {**env, **extra}
 
 
 def poll(check: Callable[[], T | None], timeout_s: float = 20.0) -> T:
@@ -202,3 +197,19 @@ def test_events_show_unknown_event_exits_1(settings: Settings) -> None:
     )
     assert result.returncode == 1
     assert "no event 'evt_missing'" in result.stderr
+
+
+async def test_worker_pool_processes_deliver_every_run(
+    aiohttp_client: Any, settings: Settings, sandbox: Sandbox
+) -> None:
+    client = await aiohttp_client(create_app(settings, load_config(settings.config_path)))
+    event_ids = []
+    for number in range(12):
+        response = await client.post("/hooks/website-form", json={**FORM, "submission_id": f"sub-{number}"})
+        assert response.status == 202
+        event_ids.append((await response.json())["event_id"])
+    drain_queue(settings, "--processes", "2")
+    assert len(sandbox.runs()) == 12
+    for event_id in event_ids:
+        view = await (await client.get(f"/events/{event_id}")).json()
+        assert [run["status"] for run in view["runs"]] == ["succeeded"]
