@@ -14,7 +14,17 @@ import jmespath
 import yaml
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from relay.errors import ConfigError, ConfigProblem
 from relay.settings import DEFAULT_ACCOUNT
@@ -84,16 +94,33 @@ class LiteralValue(_Strict):
     value: Any
 
 
-def _payload_value(raw: Any) -> Any:
-    # A bare scalar or list is a literal; a mapping must say what it is, so that a typo such as
-    # `{paht: ...}` is an error instead of a literal object silently sent to the PHLO.
+def _as_literal(raw: Any) -> Any:
+    """A bare scalar or list is a literal value."""
+    return raw if isinstance(raw, dict) else {"value": raw}
+
+
+def _payload_kind(raw: Any) -> str | None:
+    # A mapping must say what it is, so that a typo such as `{paht: ...}` is an error instead of a
+    # literal object silently sent to the PHLO.
     if isinstance(raw, dict):
         if "path" in raw:
-            return PathValue.model_validate(raw)
+            return "PathValue"
         if set(raw) == {"value"}:
-            return LiteralValue.model_validate(raw)
-        raise ValueError("a mapping must be {path: ..., default: ..., required: ...} or {value: ...}")
-    return LiteralValue(value=raw)
+            return "LiteralValue"
+    return None
+
+
+PayloadValue = Annotated[
+    Annotated[
+        Annotated[PathValue, Tag("PathValue")] | Annotated[LiteralValue, Tag("LiteralValue")],
+        Discriminator(
+            _payload_kind,
+            custom_error_type="payload_value",
+            custom_error_message="a mapping must be {path: ..., default: ..., required: ...} or {value: ...}",
+        ),
+    ],
+    BeforeValidator(_as_literal),
+]
 
 
 class Route(_Strict):
@@ -109,7 +136,7 @@ class Route(_Strict):
     )
     phlo_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     account: str = DEFAULT_ACCOUNT
-    payload: dict[str, PathValue | LiteralValue] = Field(default_factory=dict)
+    payload: dict[str, PayloadValue] = Field(default_factory=dict)
 
     @field_validator("when")
     @classmethod
@@ -118,12 +145,8 @@ class Route(_Strict):
 
     @field_validator("payload", mode="before")
     @classmethod
-    def _payload_values(cls, raw: Any) -> Any:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            raise ValueError("payload must be a mapping of key to value")
-        return {key: _payload_value(value) for key, value in raw.items()}
+    def _empty_payload(cls, raw: Any) -> Any:
+        return {} if raw is None else raw
 
 
 class RelayConfig(_Strict):
@@ -159,37 +182,48 @@ def _location(loc: tuple[int | str, ...], data: Any) -> str:
     return f"{where}: field {'.'.join(fields)}" if fields else where
 
 
-def _cross_check(config: RelayConfig, file: str, accounts: set[str] | None) -> list[ConfigProblem]:
+def _cross_check(data: dict[str, Any], file: str, accounts: set[str] | None) -> list[ConfigProblem]:
+    """Problems between routes and sources, read from the raw data so they show beside schema errors."""
+    raw_sources, raw_routes = data.get("sources"), data.get("routes")
+    sources: dict[Any, Any] = raw_sources if isinstance(raw_sources, dict) else {}
+    routes: list[Any] = raw_routes if isinstance(raw_routes, list) else []
     problems = []
     seen: set[str] = set()
-    for index, route in enumerate(config.routes):
-        where = f"route {route.name!r} (routes[{index}])"
-        if route.name in seen:
-            problems.append(ConfigProblem(file, f"{where}: field name", "another route has this name"))
-        seen.add(route.name)
-        source = config.sources.get(route.source)
-        if source is None:
-            known = ", ".join(sorted(config.sources)) or "none"
+    for index, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue  # the schema check reports it
+        name = route.get("name")
+        where = f"route {name!r} (routes[{index}])" if name else f"routes[{index}]"
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(ConfigProblem(file, f"{where}: field name", "another route has this name"))
+            seen.add(name)
+        source_name = route.get("source")
+        if not isinstance(source_name, str):
+            pass  # the schema check reports it
+        elif source_name not in sources:
+            known = ", ".join(sorted(map(str, sources))) or "none"
             problems.append(
-                ConfigProblem(
-                    file, f"{where}: field source", f"no source {route.source!r} (sources: {known})"
-                )
+                ConfigProblem(file, f"{where}: field source", f"no source {source_name!r} (sources: {known})")
             )
-        elif route.events is not None and source.event_type is None:
-            problems.append(
-                ConfigProblem(
-                    file,
-                    f"{where}: field events",
-                    f"source {route.source!r} declares no event_type to match events against",
+        elif route.get("events") is not None:
+            source = sources[source_name]
+            if not (isinstance(source, dict) and source.get("event_type")):
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        f"{where}: field events",
+                        f"source {source_name!r} declares no event_type to match events against",
+                    )
                 )
-            )
-        if accounts is not None and route.account not in accounts:
+        account = route.get("account", DEFAULT_ACCOUNT)
+        if accounts is not None and isinstance(account, str) and account not in accounts:
             problems.append(
                 ConfigProblem(
                     file,
                     f"{where}: field account",
-                    f"no Plivo account {route.account!r} in settings (set RELAY_ACCOUNTS__"
-                    f"{route.account.upper()}__AUTH_ID and __AUTH_TOKEN)",
+                    f"no Plivo account {account!r} in settings (set RELAY_ACCOUNTS__"
+                    f"{account.upper()}__AUTH_ID and __AUTH_TOKEN)",
                 )
             )
     return problems
@@ -207,6 +241,7 @@ def parse_config(text: str, file: str, accounts: set[str] | None = None) -> Rela
         ) from None
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem(file, "top level", "must be a mapping with `sources` and `routes`")])
+    problems = []
     try:
         config = RelayConfig.model_validate(data)
     except ValidationError as exc:
@@ -216,8 +251,7 @@ def parse_config(text: str, file: str, accounts: set[str] | None = None) -> Rela
             )
             for error in exc.errors(include_input=False, include_url=False)
         ]
-        raise ConfigError(problems) from None
-    problems = _cross_check(config, file, accounts)
+    problems += _cross_check(data, file, accounts)
     if problems:
         raise ConfigError(problems)
     return config
