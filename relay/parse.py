@@ -6,6 +6,7 @@ The mapping only ever sees plain JSON values, whatever the sender's format.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -28,11 +29,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def parse_json(body: bytes, charset: str | None) -> Any:
     """A JSON body; NaN and Infinity are refused (they cannot be sent on to the runner)."""
     text = _decode(body, charset)
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from None
 
@@ -41,7 +49,14 @@ def parse_form(body: bytes, charset: str | None) -> dict[str, Any]:
     """Form fields; a field sent several times becomes a list of its values, in order."""
     text = _decode(body, charset)
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=10_000)
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=bool(text),
+            max_num_fields=10_000,
+            encoding=charset or "utf-8",
+            errors="strict",
+        )
     except ValueError as exc:
         raise MalformedBody(f"body is not a valid form: {exc}") from None
     fields: dict[str, Any] = {}
