@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pydantic_settings
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -124,6 +125,10 @@ def load_settings(**overrides: object) -> Settings:
     """Read the settings; an invalid value raises SettingsError naming the variable (never its value)."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except pydantic_settings.SettingsError as exc:
+        # Raised for a value that is not even parseable (JSON of a nested setting); names the field.
+        field = exc.args[0].split('"')[1] if exc.args and '"' in str(exc.args[0]) else "?"
+        raise SettingsError(f"invalid settings: {env_name(field)}: cannot be parsed") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_input=False):
