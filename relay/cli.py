@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from relay import __version__, outcome
 from relay.config import load_config
-from relay.errors import ConfigError, RelayError
+from relay.errors import ConfigError, RelayError, SettingsError
 from relay.settings import Settings, load_settings
 
 
@@ -32,7 +32,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from relay.worker import run_workers
 
-    load_config(settings.config_path, settings.account_names())  # refuse to start on a broken config
+    config = load_config(settings.config_path, settings.account_names())  # refuse to start on a broken config
+    without_credentials = [route.name for route in config.routes if settings.account(route.account) is None]
+    if without_credentials:
+        names = ", ".join(without_credentials)
+        raise SettingsError(f"PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN are not set; routes {names} need them")
     run_workers(settings, processes=args.processes, burst=args.burst)
     return 0
 

@@ -96,7 +96,9 @@ async def receive_hook(request: web.Request) -> web.Response:
     if source is None:
         raise UnknownSource(f"no source named {source_name!r} is configured")
     body = await read_body(request, settings.max_body_bytes)
-    document = parse_body(request.content_type.lower(), request.charset, body)
+    # aiohttp reports a missing Content-Type as application/octet-stream; say it is missing instead.
+    content_type = request.content_type.lower() if "Content-Type" in request.headers else ""
+    document = parse_body(content_type, request.charset, body)
     event_type = locate(source.event_type, document, request.headers)
     mapped = map_event(config, source_name, event_type, document)
     stored = await in_thread(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import SimpleWorker, get_current_job
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
@@ -107,18 +108,24 @@ def deliver(event_id: str, route: str, phlo_id: str, account: str, payload: dict
             "run %s attempt %d failed%s: %s", job_id, run.attempts, "" if final else ", will retry", exc
         )
         raise
-    outcome.save_run(
-        context.redis,
-        event_id,
-        run,
-        settings.outcome_ttl_s,
-        status=RunStatus.SUCCEEDED,
-        phlo_run_id=result.phlo_run_id,
-        message=result.message,
-        http_status=result.status,
-        elapsed_ms=round(result.elapsed_ms, 1),
-        last_error=None,
-    )
+    try:
+        outcome.save_run(
+            context.redis,
+            event_id,
+            run,
+            settings.outcome_ttl_s,
+            status=RunStatus.SUCCEEDED,
+            phlo_run_id=result.phlo_run_id,
+            message=result.message,
+            http_status=result.status,
+            elapsed_ms=round(result.elapsed_ms, 1),
+            last_error=None,
+        )
+    except RedisError:
+        # The PHLO has run: raising would make RQ retry it and run it twice. RQ keeps the job's result.
+        log.exception(
+            "run %s succeeded (PHLO run %s) but its outcome was not recorded", job_id, result.phlo_run_id
+        )
     log.info("run %s succeeded: PHLO run %s", job_id, result.phlo_run_id)
     return {"phlo_run_id": result.phlo_run_id, "message": result.message, "status": result.status}
 

@@ -213,3 +213,17 @@ async def test_worker_pool_processes_deliver_every_run(
     for event_id in event_ids:
         view = await (await client.get(f"/events/{event_id}")).json()
         assert [run["status"] for run in view["runs"]] == ["succeeded"]
+
+
+def test_worker_refuses_to_start_without_the_credentials_its_routes_need(settings: Settings) -> None:
+    env = {key: value for key, value in settings.as_environment().items() if not key.startswith("PLIVO_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "worker", "--burst"],
+        env=clean_environment(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN are not set" in result.stderr
+    assert "callback" in result.stderr

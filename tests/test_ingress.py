@@ -83,3 +83,11 @@ async def test_redis_unreachable_is_503_and_nothing_is_claimed(
     assert "retry" in message
     response = await client.get("/events/evt_x")
     await refusal(response, 503, "queue_unavailable")
+
+
+async def test_missing_content_type_says_so(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig
+) -> None:
+    client = await aiohttp_client(create_app(settings, config))
+    response = await client.post("/hooks/website-form", data=b"{}", skip_auto_headers=["Content-Type"])
+    assert "Content-Type is missing" in await refusal(response, 415, "unsupported_media_type")
