@@ -111,9 +111,13 @@ def dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Lines, int, int
     try:
         yield process, Lines(process.stdout), port, sandbox_port
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failed test: stop it as a user would, so Redis is stopped too
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
