@@ -102,6 +102,19 @@ def _dead_letter(
     Result.create_failure(job, settings.dead_letter_ttl_s, reason, pipeline=pipe)
 
 
+def _first_outcome(
+    record: EventRecord, run: PlannedRun | UnmappedRun, status: RunStatus, last_error: str | None = None
+) -> RunOutcome:
+    return RunOutcome(
+        job_id=job_id_for(record.event_id, run.route),
+        route=run.route,
+        phlo_id=run.phlo_id,
+        account=run.account,
+        status=status,
+        last_error=last_error,
+    )
+
+
 def store_event(
     redis: Redis,
     settings: Settings,
@@ -125,25 +138,9 @@ def store_event(
         status=EventStatus.IGNORED if mapped.ignored else EventStatus.ACCEPTED,
         routes=routes,
     )
-    runs = [
-        RunOutcome(
-            job_id=job_id_for(record.event_id, run.route),
-            route=run.route,
-            phlo_id=run.phlo_id,
-            account=run.account,
-            status=RunStatus.QUEUED,
-        )
-        for run in mapped.runs
-    ]
+    runs = [_first_outcome(record, run, RunStatus.QUEUED) for run in mapped.runs]
     dead_letters = [
-        RunOutcome(
-            job_id=job_id_for(record.event_id, failure.route),
-            route=failure.route,
-            phlo_id=failure.phlo_id,
-            account=failure.account,
-            status=RunStatus.DEAD_LETTERED,
-            last_error=failure.reason,
-        )
+        _first_outcome(record, failure, RunStatus.DEAD_LETTERED, failure.reason)
         for failure in mapped.failures
     ]
     queue = relay_queue(redis, settings)

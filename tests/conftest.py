@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -165,3 +167,16 @@ def drain_queue(settings: Settings, *worker_args: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def assert_sdk_request(run: dict[str, Any], phlo_id: str, payload: dict[str, Any]) -> None:
+    """A request the sandbox recorded is exactly what plivo-python sends for this run."""
+    assert run["method"] == "POST"
+    assert run["path"] == f"/v1/account/{SANDBOX_AUTH_ID}/phlo/{phlo_id}/"
+    assert run["auth_id"] == SANDBOX_AUTH_ID
+    headers = {name.lower(): value for name, value in run["headers"].items()}
+    assert headers["content-type"] == "application/json"
+    assert headers["accept"] == "application/json"
+    assert headers["user-agent"] == f"plivo-python/4.63.0 (Python: {platform.python_version()})"
+    assert headers["authorization"] == "Basic ***"  # the sandbox masks what it records
+    assert run["raw_body"] == json.dumps(payload)

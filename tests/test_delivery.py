@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import platform
 import zlib
 from typing import Any
 
@@ -16,9 +14,9 @@ from rq.serializers import JSONSerializer
 
 from relay.config import RelayConfig
 from relay.ingress import create_app
-from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
+from relay.sandbox import SANDBOX_AUTH_TOKEN
 from relay.settings import Settings
-from tests.conftest import ALERT_PHLO, KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, drain_queue
+from tests.conftest import ALERT_PHLO, KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, assert_sdk_request, drain_queue
 
 FORM = {"submission_id": "sub-1", "form": "callback-request", "name": "Ada", "phone": "+14155550123"}
 
@@ -59,14 +57,7 @@ async def test_webhook_becomes_exactly_the_sdk_request_and_the_outcome_shows_the
     drain_queue(settings)
 
     [run] = sandbox.runs()
-    assert run["method"] == "POST"
-    assert run["path"] == f"/v1/account/{SANDBOX_AUTH_ID}/phlo/{KNOWN_PHLO}/"
-    assert run["auth_id"] == SANDBOX_AUTH_ID
-    headers = {name.lower(): value for name, value in run["headers"].items()}
-    assert headers["content-type"] == "application/json"
-    assert headers["accept"] == "application/json"
-    assert headers["user-agent"] == f"plivo-python/4.63.0 (Python: {platform.python_version()})"
-    assert run["raw_body"] == json.dumps({"from": "+14155550100", "to": "+14155550123", "name": "Ada"})
+    assert_sdk_request(run, KNOWN_PHLO, {"from": "+14155550100", "to": "+14155550123", "name": "Ada"})
     assert run["status"] == 201
 
     outcome = await event(client, body["event_id"])

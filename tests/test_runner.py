@@ -6,8 +6,6 @@ import asyncio
 import base64
 import json
 import math
-import platform
-import re
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,12 +21,11 @@ from relay.redis_server import free_port
 from relay.runner import MAX_ERROR_CHARS, RunnerClient, RunResult, encode_payload, run_path
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
 from relay.settings import PlivoAccount
-from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox
+from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, assert_sdk_request
 
 WRONG_TOKEN = "wrong-token-5c0e8d1f7a"
 ACCOUNT = PlivoAccount(auth_id=SANDBOX_AUTH_ID, auth_token=SecretStr(SANDBOX_AUTH_TOKEN))
 WRONG_ACCOUNT = PlivoAccount(auth_id=SANDBOX_AUTH_ID, auth_token=SecretStr(WRONG_TOKEN))
-USER_AGENT_RE = re.compile(r"plivo-python/4\.63\.0 \(Python: \d+\.\d+\.\d+\)")
 
 
 def _secrets() -> dict[str, str]:
@@ -65,10 +62,6 @@ def raised(kind: type[E], call: Callable[[], RunResult]) -> E:
         call()
     assert_no_secret(info.value)
     return info.value
-
-
-def expected_user_agent() -> str:
-    return f"plivo-python/4.63.0 (Python: {platform.python_version()})"
 
 
 @pytest.fixture
@@ -146,17 +139,8 @@ def test_run_returns_result_and_sends_the_sdk_request(
     assert result.phlo_run_id in result.message
     assert result.elapsed_ms > 0
 
-    assert run["method"] == "POST"
-    assert run["path"] == f"/v1/account/{SANDBOX_AUTH_ID}/phlo/{KNOWN_PHLO}/"
-    assert run["auth_id"] == SANDBOX_AUTH_ID
-    headers = {name.lower(): value for name, value in run["headers"].items()}
-    assert headers["content-type"] == "application/json"
-    assert headers["accept"] == "application/json"
-    assert headers["user-agent"] == expected_user_agent()
-    assert USER_AGENT_RE.fullmatch(headers["user-agent"])
-    assert headers["authorization"] == "Basic ***"
     cleaned = {key: value for key, value in (payload or {}).items() if value is not None}
-    assert run["raw_body"] == json.dumps(cleaned)
+    assert_sdk_request(run, KNOWN_PHLO, cleaned)
     assert run["body"] == cleaned
 
 
