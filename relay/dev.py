@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-from aiohttp import web
 from pydantic import SecretStr
 from redis import Redis
 from rq import Worker
@@ -22,6 +21,7 @@ from relay.errors import RelayError
 from relay.ingress import create_app
 from relay.redis_server import EmbeddedRedis
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, create_sandbox_app
+from relay.serving import start_site
 from relay.settings import Settings
 
 WORKER_START_TIMEOUT_S = 30.0
@@ -54,19 +54,12 @@ def wait_for_worker(settings: Settings, pid: int) -> None:
         redis.close()
 
 
-async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
-
-
 async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | None) -> None:
     runners = []
     if sandbox_port is not None:
         sandbox = SandboxConfig(credentials={SANDBOX_AUTH_ID: SANDBOX_AUTH_TOKEN}, phlo_ids=config.phlo_ids())
-        runners.append(await _start_site(create_sandbox_app(sandbox), "127.0.0.1", sandbox_port))
-    runners.append(await _start_site(create_app(settings, config), settings.host, settings.port))
+        runners.append((await start_site(create_sandbox_app(sandbox), "127.0.0.1", sandbox_port))[0])
+    runners.append((await start_site(create_app(settings, config), settings.host, settings.port))[0])
     worker = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -17,23 +17,23 @@ has no status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hmac
 import json
 import logging
 import math
 import pprint
-import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import BasicAuth, web
 from aiohttp.typedefs import Handler
+
+from relay.serving import AppThread, start_site
 
 logger = logging.getLogger(__name__)
 
@@ -275,21 +275,9 @@ def create_sandbox_app(config: SandboxConfig) -> web.Application:
     return app
 
 
-async def _start(app: web.Application, host: str, port: int, access_log: bool) -> tuple[web.AppRunner, int]:
-    """Serve ``app``; returns the runner and the port bound, read back from the socket (for port 0)."""
-    runner = web.AppRunner(app) if access_log else web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner, int(runner.addresses[0][1])
-
-
 async def serve_sandbox(config: SandboxConfig, host: str, port: int) -> None:
     """Serve the sandbox on ``host:port`` (0: a free port, logged) until cancelled."""
-    runner, bound_port = await _start(create_sandbox_app(config), host, port, True)
+    runner, bound_port = await start_site(create_sandbox_app(config), host, port)
     try:
         logger.info("runner sandbox serving on %s", f"http://{host}:{bound_port}")
         await asyncio.Event().wait()
@@ -297,70 +285,12 @@ async def serve_sandbox(config: SandboxConfig, host: str, port: int) -> None:
         await runner.cleanup()
 
 
-class SandboxThread:
+class SandboxThread(AppThread):
     """A sandbox on 127.0.0.1 and a free port, in a background thread with its own event loop.
 
     ``with SandboxThread() as sandbox: httpx.post(f"{sandbox.url}/v1/account/...", ...)``
     """
 
-    host = "127.0.0.1"
-
     def __init__(self, config: SandboxConfig | None = None, *, startup_timeout_s: float = 10.0) -> None:
         self.config = config if config is not None else SandboxConfig()
-        self._startup_timeout_s = startup_timeout_s
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._port: int | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def port(self) -> int:
-        """The port it serves on; RuntimeError when it is not running."""
-        if self._port is None:
-            raise RuntimeError("the sandbox is not running")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Its base URL, ``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self) -> Self:
-        if self._thread is not None:
-            raise RuntimeError("a SandboxThread runs once")
-        self._thread = threading.Thread(target=self._run, name="relay-sandbox", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(self._startup_timeout_s):
-            raise RuntimeError(f"the sandbox did not start within {self._startup_timeout_s} s")
-        if self._error is not None:
-            self._thread.join()
-            raise RuntimeError("the sandbox failed to start") from self._error
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed: the thread has ended
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join()
-        self._port = None
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:
-            self._error = exc
-            logger.exception("the runner sandbox thread failed")
-        finally:
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        runner, self._port = await _start(create_sandbox_app(self.config), self.host, 0, False)
-        try:
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
+        super().__init__(lambda: create_sandbox_app(self.config), startup_timeout_s=startup_timeout_s)
