@@ -11,8 +11,8 @@ The data path, one module a step, in the order a webhook travels:
 7. ``runner``    the client of Plivo's PHLO runner
 8. ``outcome``   event and run records: queued, running, succeeded, failed, dead-lettered
 
-Around it: ``settings``, ``errors``, ``keys``, the ``sandbox`` runner, ``redis_server`` and ``dev`` for
-running it all on one machine, and ``cli``.
+Around it: ``settings``, ``errors``, ``keys``; the ``sandbox`` runner, ``serving``, ``redis_server`` and
+``dev`` for running it all on one machine; and ``cli``.
 """
 
 __version__ = "0.1.0"
