@@ -142,6 +142,8 @@ async def _run_phlo(request: web.Request) -> web.Response:
     record: dict[str, Any] = {"method": request.method, "path": request.path, "phlo_id": phlo_id}
     record.update(auth_id=auth_id, headers=_recorded_headers(request), body=body, status=None)
     record.update(raw_body=raw.decode("utf-8", "replace"), api_id=None, error=None, received_at=received_at)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    record["client_port"] = peer[1] if peer else None  # shows whether a client reuses its connection
     state.runs.append(record)
     fault = state.take_fault() if request.method == "POST" else None
     if fault is not None and fault.latency_ms > 0:

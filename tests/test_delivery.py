@@ -86,6 +86,19 @@ async def test_fan_out_runs_every_matching_route(
     assert [run["status"] for run in runs] == ["succeeded", "succeeded"]
 
 
+async def test_a_worker_keeps_its_runner_connection_from_job_to_job(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox
+) -> None:
+    client = await aiohttp_client(create_app(settings, config))
+    for number in range(3):
+        status, _ = await post(client, "website-form", {**FORM, "submission_id": f"sub-{number}"})
+        assert status == 202
+    drain_queue(settings)
+    runs = sandbox.runs()
+    assert len(runs) == 3
+    assert len({run["client_port"] for run in runs}) == 1
+
+
 async def test_form_urlencoded_body_and_header_event_id(
     aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox
 ) -> None:
