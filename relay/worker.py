@@ -19,8 +19,8 @@ from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
 from relay import outcome
-from relay.enqueue import relay_queue
-from relay.errors import MappingError, RunnerError, RunnerUnreachable, SettingsError
+from relay.enqueue import job_id_for, relay_queue
+from relay.errors import MappingError, RunnerError, RunnerRejected, RunnerUnreachable, SettingsError
 from relay.outcome import RunOutcome, RunStatus
 from relay.runner import RunnerClient
 from relay.settings import Settings, load_settings
@@ -72,7 +72,7 @@ def deliver(event_id: str, route: str, phlo_id: str, account: str, payload: dict
     context = current_context()
     settings = context.settings
     job = get_current_job()
-    job_id = job.id if job is not None else f"{event_id}-{route}"
+    job_id = job.id if job is not None else job_id_for(event_id, route)
     run = outcome.read_run(context.redis, event_id, job_id) or RunOutcome(
         job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
     )
@@ -90,7 +90,7 @@ def deliver(event_id: str, route: str, phlo_id: str, account: str, payload: dict
             raise SettingsError(f"no credentials for Plivo account {account!r}")
         result = context.runner.run(credentials, phlo_id, payload)
     except Exception as exc:
-        permanent = isinstance(exc, SettingsError) or getattr(exc, "permanent", False)
+        permanent = isinstance(exc, SettingsError) or (isinstance(exc, RunnerError) and exc.permanent)
         if permanent and job is not None:
             job.retries_left = 0  # RQ then fails the job instead of retrying it
         final = job is None or not job.should_retry
@@ -101,8 +101,9 @@ def deliver(event_id: str, route: str, phlo_id: str, account: str, payload: dict
             settings.outcome_ttl_s,
             status=RunStatus.DEAD_LETTERED if final else RunStatus.FAILED,
             last_error=str(exc) if isinstance(exc, RunnerError | SettingsError) else repr(exc),
-            http_status=getattr(exc, "status", None),
-            ambiguous=isinstance(exc, RunnerUnreachable) and exc.ambiguous,
+            http_status=exc.status if isinstance(exc, RunnerRejected) else None,
+            # Once an attempt may have run the PHLO, the run stays marked: a retry may have run it twice.
+            ambiguous=run.ambiguous or (isinstance(exc, RunnerUnreachable) and exc.ambiguous),
         )
         log.warning(
             "run %s attempt %d failed%s: %s", job_id, run.attempts, "" if final else ", will retry", exc

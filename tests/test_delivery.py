@@ -204,6 +204,21 @@ async def test_transient_failure_then_success(
     assert run["last_error"] is None
 
 
+async def test_a_timeout_after_sending_is_retried_and_the_run_marked_ambiguous(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox
+) -> None:
+    impatient = settings.model_copy(update={"runner_read_timeout_s": 0.3})
+    sandbox.http.post("/_sandbox/faults", json={"latency_ms": 1000, "count": 1}).raise_for_status()
+    client = await aiohttp_client(create_app(impatient, config))
+    _, body = await post(client, "website-form", FORM)
+    drain_queue(impatient)
+    assert len(sandbox.runs()) == 2  # the first request reached the runner: the PHLO may have run twice
+    [run] = (await event(client, body["event_id"]))["runs"]
+    assert run["status"] == "succeeded"
+    assert run["attempts"] == 2
+    assert run["ambiguous"] is True
+
+
 async def test_runner_4xx_is_dead_lettered_without_retry(
     aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
 ) -> None:
