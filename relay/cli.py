@@ -68,7 +68,6 @@ def _sandbox(settings: Settings, args: argparse.Namespace) -> int:
     auth_id = settings.plivo_auth_id or SANDBOX_AUTH_ID
     token = settings.plivo_auth_token.get_secret_value() if settings.plivo_auth_token else SANDBOX_AUTH_TOKEN
     phlo_ids = set(args.phlo) if args.phlo else None
-    print(f"PHLO runner sandbox on http://{args.host}:{args.port} (auth id {auth_id})", flush=True)
     asyncio.run(
         serve_sandbox(SandboxConfig(credentials={auth_id: token}, phlo_ids=phlo_ids), args.host, args.port)
     )

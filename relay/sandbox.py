@@ -281,7 +281,8 @@ async def serve_sandbox(config: SandboxConfig, host: str, port: int) -> None:
     """Serve the sandbox on ``host:port`` (0: a free port, logged) until cancelled."""
     runner, bound_port = await start_site(create_sandbox_app(config), host, port)
     try:
-        logger.info("runner sandbox serving on %s", f"http://{host}:{bound_port}")
+        auth_ids = ", ".join(sorted(config.credentials))
+        logger.info("runner sandbox serving on http://%s:%d (auth ids: %s)", host, bound_port, auth_ids)
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
