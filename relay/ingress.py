@@ -58,6 +58,11 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Any
             raise
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, code, exc.text or exc.reason)
+    except Exception:
+        log.exception("unexpected error handling %s %s", request.method, request.path)
+        return error_response(
+            500, "internal_error", "the relay could not handle this request; nothing was stored"
+        )
 
 
 async def in_thread(request: web.Request, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
