@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -343,8 +344,9 @@ async def test_serve_sandbox_serves_until_cancelled() -> None:
 
     class Started(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if record.msg == "runner sandbox serving on %s":
-                urls.append(str(record.args[0]) if isinstance(record.args, tuple) else "")
+            found = re.search(r"serving on (http://\S+)", record.getMessage())
+            if found:
+                urls.append(found.group(1))
                 started.set()
 
     handler = Started()
