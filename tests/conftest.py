@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -154,6 +155,21 @@ def clean_environment(**extra: str) -> dict[str, str]:
     """The environment of a child process without any relay or Plivo variable of this machine."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("RELAY_", "PLIVO_"))}
     return {**env, **extra}
+
+
+@contextlib.contextmanager
+def running_worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``relay worker`` process for the duration of the block; stopped with SIGTERM (warm)."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "relay", "worker"],
+        env=clean_environment(**settings.as_environment()),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield worker
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
 
 def drain_queue(settings: Settings, *worker_args: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import shlex
@@ -23,7 +24,7 @@ from relay.config import load_config
 from relay.ingress import create_app
 from relay.redis_server import free_port
 from relay.settings import Settings
-from tests.conftest import Sandbox, clean_environment, drain_queue
+from tests.conftest import Sandbox, clean_environment, drain_queue, running_worker
 from tests.test_delivery import FORM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,35 +161,36 @@ def test_serve_and_worker_processes_deliver_and_events_show_reads_the_outcome(
     port = free_port()
     env = clean_environment(**{**settings.as_environment(), "RELAY_PORT": str(port)})
     serve = subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve"], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "relay", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    worker = subprocess.Popen([sys.executable, "-m", "relay", "worker"], env=env, stderr=subprocess.DEVNULL)
     try:
-        poll(lambda: answers(f"http://127.0.0.1:{port}/events/none"))
-        response = httpx.post(f"http://127.0.0.1:{port}/hooks/website-form", json=FORM)
-        assert response.status_code == 202
-        event_id = response.json()["event_id"]
+        with running_worker(settings) as worker:
+            poll(lambda: answers(f"http://127.0.0.1:{port}/events/none"))
+            response = httpx.post(f"http://127.0.0.1:{port}/hooks/website-form", json=FORM)
+            assert response.status_code == 202
+            event_id = response.json()["event_id"]
 
-        def shown() -> dict[str, Any] | None:
-            result = subprocess.run(
-                [sys.executable, "-m", "relay", "events", "show", event_id],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            view: dict[str, Any] = json.loads(result.stdout)
-            return view if view["runs"][0]["status"] == "succeeded" else None
+            def shown() -> dict[str, Any] | None:
+                result = subprocess.run(
+                    [sys.executable, "-m", "relay", "events", "show", event_id],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                view: dict[str, Any] = json.loads(result.stdout)
+                return view if view["runs"][0]["status"] == "succeeded" else None
 
-        view = poll(shown, timeout_s=30)
-        [run] = sandbox.runs()
-        assert view["runs"][0]["phlo_run_id"] == run["api_id"]
+            view = poll(shown, timeout_s=30)
+            [run] = sandbox.runs()
+            assert view["runs"][0]["phlo_run_id"] == run["api_id"]
+        assert worker.returncode == 0  # RQ's warm shutdown on SIGTERM
     finally:
-        for process in (serve, worker):
-            process.terminate()
-        for process in (serve, worker):
-            process.wait(timeout=30)
-    assert worker.returncode == 0  # RQ's warm shutdown on SIGTERM
+        serve.terminate()
+        serve.wait(timeout=30)
 
 
 def test_events_show_unknown_event_exits_1(settings: Settings) -> None:
@@ -231,3 +233,26 @@ def test_worker_refuses_to_start_without_the_credentials_its_routes_need(setting
     assert result.returncode == 2
     assert "PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN are not set" in result.stderr
     assert "callback" in result.stderr
+
+
+async def test_a_long_running_worker_retries_after_the_delay_through_rqs_scheduler(
+    aiohttp_client: Any, settings: Settings, sandbox: Sandbox
+) -> None:
+    delayed = settings.model_copy(update={"run_retry_delay_s": 1})
+    sandbox.fail(503, 1)
+    client = await aiohttp_client(create_app(delayed, load_config(delayed.config_path)))
+    response = await client.post("/hooks/website-form", json=FORM)
+    event_id = (await response.json())["event_id"]
+
+    def delivered() -> list[dict[str, Any]] | None:
+        runs = sandbox.runs()
+        return runs if len(runs) == 2 else None
+
+    with running_worker(delayed):
+        runs = await asyncio.to_thread(poll, delivered, 30.0)
+    assert [run["status"] for run in runs] == [503, 201]
+    # Scheduled, not retried at once (RQ keeps schedule times in whole seconds, hence the margin).
+    assert runs[1]["received_at"] - runs[0]["received_at"] >= 0.5
+    [run] = (await (await client.get(f"/events/{event_id}")).json())["runs"]
+    assert run["status"] == "succeeded"
+    assert run["attempts"] == 2
