@@ -73,7 +73,7 @@ def _run_job_data(settings: Settings, record: EventRecord, run: PlannedRun) -> E
         job_id=job_id_for(record.event_id, run.route),
         description=describe(record.source, run.route, run.phlo_id, record.event_id),
         timeout=settings.job_timeout_s,
-        result_ttl=settings.outcome_ttl_s,
+        result_ttl=settings.finished_job_ttl_s,
         failure_ttl=settings.dead_letter_ttl_s,
         retry=Retry(max=retries, interval=settings.run_retry_delay_s) if retries else None,
         meta={"source": record.source, "route": run.route, "phlo_id": run.phlo_id},

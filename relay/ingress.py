@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from redis import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
@@ -41,11 +42,10 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn refusals and aiohttp's own HTTP errors (404, 405, 413) into JSON answers."""
     try:
-        response: web.StreamResponse = await handler(request)
-        return response
+        return await handler(request)
     except IngressRefused as exc:
         return error_response(exc.status, exc.code, exc.message)
     except RedisUnavailable as exc:

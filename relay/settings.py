@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     run_retry_delay_s: int = Field(default=10, ge=0, description="Delay before each retry of a failed run.")
     job_timeout_s: int = Field(default=60, ge=5, description="RQ job timeout of one delivery attempt.")
     outcome_ttl_s: int = Field(default=30 * 86400, ge=60, description="How long event outcomes are kept.")
+    finished_job_ttl_s: int = Field(
+        default=86400, ge=0, description="How long RQ keeps succeeded jobs (outcomes are kept on their own)."
+    )
     dead_letter_ttl_s: int = Field(
         default=30 * 86400, ge=60, description="How long dead-lettered runs stay in RQ's failed registry."
     )

@@ -1,0 +1,24 @@
+"""The README documents what the code offers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from relay.cli import build_parser
+from relay.settings import Settings, env_name
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_setting_is_in_the_settings_table() -> None:
+    missing = [env_name(field) for field in Settings.model_fields if f"`{env_name(field)}" not in README]
+    assert missing == []
+
+
+def test_every_command_is_in_the_commands_table() -> None:
+    [commands] = [
+        action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    missing = [name for name in commands.choices if f"`relay {name}" not in README]
+    assert missing == []
