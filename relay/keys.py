@@ -19,4 +19,3 @@ def run_field(job_id: str) -> str:
 
 
 EVENT_FIELD = "event"
-RUN_FIELD_PREFIX = "run:"

@@ -54,18 +54,18 @@ def search(expression: str, document: Any) -> Any:
         return None
 
 
+def _is_missing(value: Any) -> bool:
+    return value is None or value == ""
+
+
 def locate(locator: Locator | None, document: Any, headers: Mapping[str, str]) -> str | None:
     """The value a locator points at, as text, or None when absent."""
     if locator is None:
         return None
     value = headers.get(locator.header) if locator.header is not None else search(str(locator.path), document)
-    if value is None or value == "" or isinstance(value, dict | list):
+    if _is_missing(value) or isinstance(value, dict | list):
         return None
     return str(value)
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or value == ""
 
 
 def route_matches(route: Route, event_type: str | None, document: Any) -> bool:
