@@ -48,7 +48,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except IngressRefused as exc:
         return error_response(exc.status, exc.code, exc.message)
-    except RedisUnavailable as exc:
+    except (RedisUnavailable, RedisError) as exc:
         log.error("Redis unavailable: %s", exc)
         return error_response(
             503, "queue_unavailable", "the relay cannot store events right now; retry later"
@@ -130,10 +130,7 @@ async def receive_hook(request: web.Request) -> web.Response:
 async def show_event(request: web.Request) -> web.Response:
     """``GET /events/{event_id}``: the event and the outcome of each of its runs."""
     event_id = request.match_info["event_id"]
-    try:
-        view = await in_thread(request, outcome.read_event, request.app[REDIS], event_id)
-    except RedisError as exc:
-        raise RedisUnavailable(type(exc).__name__) from exc
+    view = await in_thread(request, outcome.read_event, request.app[REDIS], event_id)
     if view is None:
         return error_response(404, "unknown_event", f"no event {event_id!r} (never received, or expired)")
     return web.json_response(view.model_dump(mode="json"))
