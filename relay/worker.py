@@ -76,14 +76,11 @@ def deliver(event_id: str, route: str, phlo_id: str, account: str, payload: dict
     run = outcome.read_run(context.redis, event_id, job_id) or RunOutcome(
         job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
     )
-    run = outcome.save_run(
-        context.redis,
-        event_id,
-        run,
-        settings.outcome_ttl_s,
-        status=RunStatus.RUNNING,
-        attempts=run.attempts + 1,
-    )
+
+    def record(**changes: Any) -> RunOutcome:
+        return outcome.save_run(context.redis, event_id, run, settings.outcome_ttl_s, **changes)
+
+    run = record(status=RunStatus.RUNNING, attempts=run.attempts + 1)
     try:
         credentials = settings.account(account)
         if credentials is None:
@@ -94,11 +91,7 @@ def deliver(event_id: str, route: str, phlo_id: str, account: str, payload: dict
         if permanent and job is not None:
             job.retries_left = 0  # RQ then fails the job instead of retrying it
         final = job is None or not job.should_retry
-        outcome.save_run(
-            context.redis,
-            event_id,
-            run,
-            settings.outcome_ttl_s,
+        record(
             status=RunStatus.DEAD_LETTERED if final else RunStatus.FAILED,
             last_error=str(exc) if isinstance(exc, RunnerError | SettingsError) else repr(exc),
             http_status=exc.status if isinstance(exc, RunnerRejected) else None,
@@ -110,11 +103,7 @@ def deliver(event_id: str, route: str, phlo_id: str, account: str, payload: dict
         )
         raise
     try:
-        outcome.save_run(
-            context.redis,
-            event_id,
-            run,
-            settings.outcome_ttl_s,
+        record(
             status=RunStatus.SUCCEEDED,
             phlo_run_id=result.phlo_run_id,
             message=result.message,
