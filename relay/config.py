@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jmespath
 import yaml
@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError, ConfigProblem
+from relay.schemes import Verification
 from relay.settings import DEFAULT_ACCOUNT
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -68,11 +69,45 @@ class Locator(_Strict):
         return self
 
 
-class Source(_Strict):
-    """A sender, reached at ``POST /hooks/{name}``."""
+Reply = Literal["json", "salesforce-ack", "twiml"]
 
-    event_id: Locator | None = None
+
+class Source(_Strict):
+    """A sender, reached at ``POST /hooks/{name}``: how it is verified, and how its requests read."""
+
+    verify: list[Verification] = Field(
+        default_factory=list, description="schemes the request must pass, all of them (none: any sender)"
+    )
+    event_id: Locator | None = Field(
+        default=None, description="the sender's event id, for duplicates; without it, a body digest"
+    )
     event_type: Locator | None = None
+    batch: Expression | None = Field(
+        default=None, description="JMESPath to the list of events a request carries; each is one event"
+    )
+    json_fields: list[str] = Field(
+        default_factory=list, description="form fields holding JSON text, decoded in place (Jotform)"
+    )
+    form_document_field: str | None = Field(
+        default=None, description="in a form body, the field holding the whole JSON document (GitHub)"
+    )
+    ping_events: list[str] = Field(
+        default_factory=list, description="event types answered 200 without routing (GitHub's ping)"
+    )
+    reply: Reply = Field(default="json", description="what a stored event is answered with")
+    dedupe_window_s: int | None = Field(
+        default=None, ge=0, description="how long a repeat is a duplicate (default: settings; 0: never)"
+    )
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _one_or_many(cls, raw: Any) -> Any:
+        return [raw] if isinstance(raw, dict) else raw
+
+    @field_validator("batch")
+    @classmethod
+    def _batch_compiles(cls, batch: str | None) -> str | None:
+        return None if batch is None else _check_expression(batch)
 
 
 class PathValue(_Strict):
@@ -178,8 +213,13 @@ def _location(loc: tuple[int | str, ...], data: Any) -> str:
     else:
         where, rest = "top level", loc
     # pydantic names the union member it tried (`PathValue`, `function-after[...]`); users never wrote those.
-    fields = [str(part) for part in rest if not str(part)[:1].isupper() and "[" not in str(part)]
-    return f"{where}: field {'.'.join(fields)}" if fields else where
+    path = ""
+    for part in rest:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part[:1].isupper() and "[" not in part:
+            path += f".{part}" if path else part
+    return f"{where}: field {path}" if path else where
 
 
 def _cross_check(data: dict[str, Any], file: str, accounts: set[str] | None) -> list[ConfigProblem]:

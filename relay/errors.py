@@ -6,6 +6,7 @@
     ├── RedisUnavailable       Redis cannot be reached: ingress answers 503, nothing is claimed
     ├── IngressRefused         a webhook is refused; .status is the HTTP status, str() the JSON reason
     │   ├── UnknownSource          404
+    │   ├── VerificationFailed     401 (the reason never shows the expected value)
     │   ├── MalformedBody          400
     │   ├── UnsupportedMediaType   415
     │   └── BodyTooLarge           413
@@ -68,6 +69,13 @@ class IngressRefused(RelayError):
 class UnknownSource(IngressRefused):
     status = 404
     code = "unknown_source"
+
+
+class VerificationFailed(IngressRefused):
+    """The request did not prove it came from the source's sender."""
+
+    status = 401
+    code = "verification_failed"
 
 
 class MalformedBody(IngressRefused):

@@ -253,6 +253,58 @@ def test_bad_source_name_is_refused() -> None:
     assert problem.location.startswith("source 'bad name'")
 
 
+@pytest.mark.parametrize(
+    ("verify", "field", "fragment"),
+    [
+        ("{scheme: stripe}", "verify[0].secrets", "Field required"),
+        ("{scheme: stripe, secrets: []}", "verify[0].secrets", "at least 1"),
+        ("{scheme: nope, secrets: [A]}", "verify[0]", "`scheme` must be one of: standard-webhooks"),
+        ("{scheme: github, secrets: ['lower-case-dash']}", "verify[0].secrets[0]", "pattern"),
+        ("{scheme: github, secrets: [A], tolerance_s: 0}", "verify[0].tolerance_s", "greater than"),
+        ("{scheme: hmac, secrets: [A]}", "verify[0].header", "Field required"),
+        (
+            "{scheme: hmac, secrets: [A], header: X, signed: '{timestamp}.{body}'}",
+            "verify[0]",
+            "timestamp_header",
+        ),
+        ("{scheme: hmac, secrets: [A], header: X, signed: '{timestamp}'}", "verify[0].signed", "pattern"),
+        ("{scheme: hmac, secrets: [A], header: X, algorithm: md5}", "verify[0].algorithm", "sha256"),
+        ("{scheme: token, secrets: [A]}", "verify[0]", "exactly one of `header` or `query`"),
+        ("{scheme: ip-allow, networks: [300.1.1.1/8]}", "verify[0].networks[0]", "IPv4 or IPv6 network"),
+        ("[{scheme: basic, secrets: [A]}, {scheme: ip-allow}]", "verify[1].networks", "Field required"),
+    ],
+)
+def test_bad_verification_is_reported_at_its_field(verify: str, field: str, fragment: str) -> None:
+    problem = only_problem(f"sources:\n  forms:\n    verify: {verify}\n")
+    assert problem.location == f"source 'forms': field {field}"
+    assert fragment in problem.message
+
+
+def test_one_verification_or_a_list_of_them() -> None:
+    one = parse_config("sources:\n  s:\n    verify: {scheme: github, secrets: [GH]}\n", FILE)
+    both = parse_config(
+        "sources:\n  s:\n    verify:\n      - {scheme: ip-allow, networks: [10.0.0.0/8]}\n"
+        "      - {scheme: token, query: key, secrets: [KEY, KEY_OLD]}\n",
+        FILE,
+    )
+    assert [spec.scheme for spec in one.sources["s"].verify] == ["github"]
+    assert [spec.scheme for spec in both.sources["s"].verify] == ["ip-allow", "token"]
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "fragment"),
+    [
+        ("batch: 'items[='", "batch", "invalid JMESPath"),
+        ("reply: soap", "reply", "salesforce-ack"),
+        ("dedupe_window_s: -1", "dedupe_window_s", "greater than or equal"),
+    ],
+)
+def test_bad_source_options(line: str, field: str, fragment: str) -> None:
+    problem = only_problem(f"sources:\n  forms:\n    {line}\n")
+    assert problem.location == f"source 'forms': field {field}"
+    assert fragment in problem.message
+
+
 # --- many problems at once ---------------------------------------------------------------------------
 
 
