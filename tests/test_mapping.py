@@ -8,9 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from relay.config import Locator, RelayConfig, parse_config
-from relay.errors import MalformedBody, UnsupportedMediaType
 from relay.mapping import PlannedRun, UnmappedRun, locate, map_event
-from relay.parse import parse_body
 
 FROM = "+14155550100"
 
@@ -345,100 +343,3 @@ def test_locate_returns_none_for_objects_lists_and_empty(value: Any) -> None:
 def test_locate_absent_path_or_no_locator() -> None:
     assert locate(Locator(path="a.b"), {"a": "not an object"}, {}) is None
     assert locate(None, {"id": "x"}, {}) is None
-
-
-# --- parse_body -------------------------------------------------------------------------------------------
-
-
-def test_parse_json() -> None:
-    assert parse_body("application/json", None, b'{"a": [1, "\xc3\xa9"]}') == {"a": [1, "é"]}
-
-
-def test_parse_json_with_charset() -> None:
-    assert parse_body("application/json", "utf-16", '{"a": "é"}'.encode("utf-16")) == {"a": "é"}
-
-
-@pytest.mark.parametrize("content_type", ["application/vnd.x+json", "text/json", "application/ld+json"])
-def test_parse_json_media_types(content_type: str) -> None:
-    assert parse_body(content_type, None, b"[1, 2]") == [1, 2]
-
-
-def test_parse_form_with_repeated_fields() -> None:
-    body = b"name=Ada+L&tag=a&tag=b&tag=c&empty=&phone=%2B14155550123"
-    assert parse_body("application/x-www-form-urlencoded", None, body) == {
-        "name": "Ada L",
-        "tag": ["a", "b", "c"],
-        "empty": "",
-        "phone": "+14155550123",
-    }
-
-
-def test_parse_empty_form() -> None:
-    assert parse_body("application/x-www-form-urlencoded", None, b"") == {}
-
-
-def test_parse_form_latin1_raw_bytes() -> None:
-    assert parse_body("application/x-www-form-urlencoded", "latin-1", b"name=Jos\xe9") == {"name": "José"}
-
-
-def test_parse_form_latin1_percent_encoded() -> None:
-    # A latin-1 form encodes é as %E9 (what a browser sends for a form in an ISO-8859-1 page).
-    assert parse_body("application/x-www-form-urlencoded", "latin-1", b"name=Jos%E9") == {"name": "José"}
-
-
-def test_parse_form_utf8_percent_encoded() -> None:
-    assert parse_body("application/x-www-form-urlencoded", None, b"name=Jos%C3%A9") == {"name": "José"}
-
-
-@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
-def test_invalid_utf8_is_malformed(content_type: str) -> None:
-    with pytest.raises(MalformedBody) as info:
-        parse_body(content_type, None, b'{"a": "\xff"}' if "json" in content_type else b"a=\xff")
-    assert info.value.status == 400
-    assert "utf-8" in info.value.message
-
-
-def test_invalid_utf8_percent_encoded_in_form_is_malformed() -> None:
-    # %FF is not UTF-8: refusing it beats handing the PHLO a U+FFFD replacement character.
-    with pytest.raises(MalformedBody):
-        parse_body("application/x-www-form-urlencoded", None, b"name=%FF")
-
-
-@pytest.mark.parametrize("body", [b"{", b"", b"{'a': 1}", b'{"a": 1} x'])
-def test_invalid_json_is_malformed(body: bytes) -> None:
-    with pytest.raises(MalformedBody) as info:
-        parse_body("application/json", None, body)
-    assert "not valid JSON" in info.value.message
-
-
-@pytest.mark.parametrize("body", [b'{"a": NaN}', b'{"a": Infinity}', b"[-Infinity]"])
-def test_nan_and_infinity_are_refused(body: bytes) -> None:
-    with pytest.raises(MalformedBody):
-        parse_body("application/json", None, body)
-
-
-def test_overflowing_number_is_refused_like_infinity() -> None:
-    # 1e999 parses to float('inf'), which cannot be sent on to the runner as JSON either.
-    with pytest.raises(MalformedBody):
-        parse_body("application/json", None, b'{"a": 1e999}')
-
-
-@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
-def test_unknown_charset_is_unsupported(content_type: str) -> None:
-    with pytest.raises(UnsupportedMediaType) as info:
-        parse_body(content_type, "no-such-charset", b"{}")
-    assert info.value.status == 415
-    assert "no-such-charset" in info.value.message
-
-
-@pytest.mark.parametrize("content_type", ["", "text/plain", "multipart/form-data", "application/xml"])
-def test_missing_or_unsupported_content_type(content_type: str) -> None:
-    with pytest.raises(UnsupportedMediaType) as info:
-        parse_body(content_type, None, b"{}")
-    assert info.value.status == 415
-    assert "application/json" in info.value.message
-    assert "application/x-www-form-urlencoded" in info.value.message
-    if content_type:
-        assert repr(content_type) in info.value.message
-    else:
-        assert "missing" in info.value.message
