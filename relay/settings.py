@@ -7,10 +7,12 @@ accounts, for routes that name one, come from ``RELAY_ACCOUNTS__<NAME>__AUTH_ID`
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pydantic_settings
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
+from dotenv import dotenv_values
+from pydantic import AliasChoices, BaseModel, Field, IPvAnyNetwork, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import SettingsError
@@ -61,6 +63,19 @@ class Settings(BaseSettings):
         description="Base URL of the PHLO runner.",
     )
     config_path: Path = Field(default=Path("config/routes.yaml"), description="The mapping config (YAML).")
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#]+(/[^?#]*)?$",
+        description="The relay's URL as senders see it (e.g. `https://hooks.example.com`), for schemes that "
+        "sign the URL (HubSpot v2/v3, Twilio) behind a load balancer.",
+    )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Proxies (CIDRs, JSON list) whose X-Forwarded-For/-Proto/-Host headers are believed.",
+    )
+    dedupe_window_s: int = Field(
+        default=86400, ge=0, description="A repeat of an event id within this window is a duplicate."
+    )
     host: str = Field(default="127.0.0.1", description="Address the ingress binds to.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the ingress listens on.")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Larger webhook bodies get 413.")
@@ -104,6 +119,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            elif field == "trusted_proxies":
+                value = json.dumps([str(network) for network in value])
             elif field == "accounts":
                 value = json.dumps(
                     {
@@ -113,6 +130,12 @@ class Settings(BaseSettings):
                 )
             env[env_name(field)] = str(value)
         return env
+
+
+def secret_environment(env_file: Path | None = Path(".env")) -> dict[str, str]:
+    """Where sources' secrets are read: the environment, over the ``.env`` file like the settings."""
+    from_file = dotenv_values(env_file) if env_file is not None and env_file.is_file() else {}
+    return {**{key: value for key, value in from_file.items() if value is not None}, **os.environ}
 
 
 def env_name(field: str) -> str:
