@@ -3,13 +3,16 @@
 The data path, one module a step, in the order a webhook travels:
 
 1. ``ingress``   aiohttp app: ``POST /hooks/{source}``, ``GET /events/{event_id}``
-2. ``parse``     request body (JSON, form) to one event document
-3. ``config``    the mapping config: sources and routes, validated with pydantic
-4. ``mapping``   event document to PHLO runs (JMESPath conditions and payloads)
-5. ``enqueue``   runs stored as RQ jobs together with the event's record, in one transaction
-6. ``worker``    the RQ job that delivers one run, and the worker processes
-7. ``runner``    the client of Plivo's PHLO runner
-8. ``outcome``   event and run records: queued, running, succeeded, failed, dead-lettered
+2. ``verify``    the sender's signature (or token, Basic auth, IP allow-list) on the raw bytes;
+                 ``schemes`` holds what a source can configure, ``origin`` the public URL and client address
+3. ``parse``     request body (JSON, form, multipart, XML) to one event document
+4. ``events``    a document to its events (batches split), each with its id and duplicate key
+5. ``config``    the mapping config: sources and routes, validated with pydantic
+6. ``mapping``   event document to PHLO runs (JMESPath conditions and payloads)
+7. ``enqueue``   runs stored as RQ jobs with the event's record and duplicate claim, in one transaction
+8. ``worker``    the RQ job that delivers one run, and the worker processes
+9. ``runner``    the client of Plivo's PHLO runner
+10. ``outcome``  event and run records: queued, running, succeeded, failed, dead-lettered
 
 Around it: ``settings``, ``errors``, ``keys``; the ``sandbox`` runner, ``serving``, ``redis_server`` and
 ``dev`` for running it all on one machine; and ``cli``.

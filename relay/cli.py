@@ -16,7 +16,8 @@ from redis.exceptions import RedisError
 from relay import __version__, outcome
 from relay.config import load_config
 from relay.errors import ConfigError, RelayError, SettingsError
-from relay.settings import Settings, load_settings
+from relay.settings import Settings, load_settings, secret_environment
+from relay.verify import build_verifiers
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -44,6 +45,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 def _check(settings: Settings, args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else settings.config_path
     config = load_config(path, settings.account_names())
+    build_verifiers(config.sources, secret_environment(), str(path))  # every source's secrets are set
     print(f"{path}: OK ({len(config.sources)} source(s), {len(config.routes)} route(s))")
     return 0
 

@@ -1,7 +1,7 @@
-"""Store an event: its record, one RQ job per run, and a dead letter per unmappable route, atomically.
+"""Store a request's events: records, one RQ job per run, a dead letter per unmappable route, atomically.
 
 Everything goes through one MULTI/EXEC transaction, so the ingress answers 2xx only when all of it is in
-Redis, and a failure leaves nothing half-stored.
+Redis, and a failure leaves nothing half-stored. The same transaction claims each event's duplicate key.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.queue import EnqueueData
@@ -20,14 +20,16 @@ from rq.registry import FailedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from relay import outcome
+from relay import keys, outcome
 from relay.errors import RedisUnavailable
+from relay.events import IncomingEvent
 from relay.mapping import MappedEvent, PlannedRun, UnmappedRun
 from relay.outcome import EventRecord, EventStatus, RunOutcome, RunStatus
 from relay.settings import Settings
 
 DELIVER_FUNC = "relay.worker.deliver"
 UNMAPPABLE_FUNC = "relay.worker.unmappable"
+WATCH_ATTEMPTS = 5
 
 
 def new_event_id() -> str:
@@ -52,7 +54,7 @@ def describe(source: str, route: str, phlo_id: str, event_id: str) -> str:
 
 @dataclass(frozen=True)
 class StoredEvent:
-    """What ``store_event`` wrote."""
+    """What ``store_events`` did with one event. A duplicate stored nothing; its id is the first one's."""
 
     record: EventRecord
     runs: list[RunOutcome]
@@ -115,25 +117,13 @@ def _first_outcome(
     )
 
 
-def store_event(
-    redis: Redis,
-    settings: Settings,
-    *,
-    source: str,
-    source_event_id: str | None,
-    event_type: str | None,
-    mapped: MappedEvent,
-) -> StoredEvent:
-    """Write the event's record, its jobs and its dead letters in one transaction.
-
-    Raises RedisUnavailable when Redis does not take the transaction: then nothing was stored.
-    """
+def _plan(source: str, incoming: IncomingEvent, mapped: MappedEvent) -> StoredEvent:
     routes = [run.route for run in mapped.runs] + [failure.route for failure in mapped.failures]
     record = EventRecord(
         event_id=new_event_id(),
         source=source,
-        source_event_id=source_event_id,
-        event_type=event_type,
+        source_event_id=incoming.source_event_id,
+        event_type=incoming.event_type,
         received_at=time.time(),
         status=EventStatus.IGNORED if mapped.ignored else EventStatus.ACCEPTED,
         routes=routes,
@@ -143,17 +133,87 @@ def store_event(
         _first_outcome(record, failure, RunStatus.DEAD_LETTERED, failure.reason)
         for failure in mapped.failures
     ]
+    return StoredEvent(record=record, runs=runs, dead_letters=dead_letters)
+
+
+def _duplicate(planned: StoredEvent, first_event_id: str) -> StoredEvent:
+    record = planned.record.model_copy(
+        update={"event_id": first_event_id, "status": EventStatus.DUPLICATE, "routes": []}
+    )
+    return StoredEvent(record=record, runs=[], dead_letters=[])
+
+
+def _write(
+    pipe: Pipeline, queue: Queue, settings: Settings, planned: StoredEvent, mapped: MappedEvent
+) -> None:
+    if mapped.runs:
+        queue.enqueue_many(
+            [_run_job_data(settings, planned.record, run) for run in mapped.runs], pipeline=pipe
+        )
+    for failure in mapped.failures:
+        _dead_letter(queue, settings, planned.record, failure, pipe)
+    outcome.write_event(pipe, planned.record, planned.runs + planned.dead_letters, settings.outcome_ttl_s)
+
+
+def _store_once(
+    pipe: Pipeline,
+    queue: Queue,
+    settings: Settings,
+    plans: list[tuple[StoredEvent, MappedEvent, str | None]],
+    dedupe_window_s: int,
+) -> list[StoredEvent]:
+    seen_keys = [key for _, _, key in plans if key is not None]
+    if seen_keys:
+        # Optimistic lock: if another ingress claims one of these events before EXEC, the transaction
+        # fails with WatchError and the next attempt sees the claim; a claim is never stored without its
+        # runs, so a sender's retry after a failed store is not mistaken for a duplicate.
+        pipe.watch(*seen_keys)  # type: ignore[no-untyped-call]
+    firsts = dict(zip(seen_keys, pipe.mget(seen_keys) if seen_keys else [], strict=True))
+    pipe.multi()
+    stored = []
+    for planned, mapped, seen_key in plans:
+        first = firsts.get(seen_key) if seen_key is not None else None
+        if first is not None:
+            stored.append(_duplicate(planned, first.decode() if isinstance(first, bytes) else str(first)))
+            continue
+        if seen_key is not None:
+            pipe.set(seen_key, planned.record.event_id, ex=dedupe_window_s)
+            firsts[seen_key] = planned.record.event_id  # a repeat within the same request
+        _write(pipe, queue, settings, planned, mapped)
+        stored.append(planned)
+    pipe.execute()
+    return stored
+
+
+def store_events(
+    redis: Redis,
+    settings: Settings,
+    *,
+    source: str,
+    events: list[tuple[IncomingEvent, MappedEvent]],
+    dedupe_window_s: int,
+) -> list[StoredEvent]:
+    """Store a request's events (records, jobs, dead letters) in one transaction, skipping duplicates.
+
+    An event whose id was stored within ``dedupe_window_s`` (0: no deduplication) is a duplicate: nothing
+    is written for it. Raises RedisUnavailable when Redis does not take the transaction: nothing was stored.
+    """
+    plans = [
+        (
+            _plan(source, incoming, mapped),
+            mapped,
+            keys.seen_key(source, incoming.dedupe_id) if dedupe_window_s else None,
+        )
+        for incoming, mapped in events
+    ]
     queue = relay_queue(redis, settings)
     try:
         with redis.pipeline(transaction=True) as pipe:
-            if mapped.runs:
-                queue.enqueue_many(
-                    [_run_job_data(settings, record, run) for run in mapped.runs], pipeline=pipe
-                )
-            for failure in mapped.failures:
-                _dead_letter(queue, settings, record, failure, pipe)
-            outcome.write_event(pipe, record, runs + dead_letters, settings.outcome_ttl_s)
-            pipe.execute()
+            for _ in range(WATCH_ATTEMPTS):
+                try:
+                    return _store_once(pipe, queue, settings, plans, dedupe_window_s)
+                except WatchError:
+                    continue
     except RedisError as exc:
         raise RedisUnavailable(f"Redis did not store the event: {type(exc).__name__}") from exc
-    return StoredEvent(record=record, runs=runs, dead_letters=dead_letters)
+    raise RedisUnavailable("Redis did not store the event: the duplicate check kept conflicting")

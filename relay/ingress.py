@@ -1,5 +1,8 @@
 """The ingress: an aiohttp app that takes webhooks, maps them and answers once their runs are in Redis.
 
+A request goes: verify the sender on the raw bytes (``verify``), parse (``parse``), split into events
+(``events``), map each (``mapping``), store them with their duplicate check in one transaction (``enqueue``).
+
 RQ and redis-py are synchronous, so Redis work runs on a bounded thread pool owned by the app; the event
 loop never blocks on Redis.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -18,12 +21,17 @@ from redis import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from relay import outcome
-from relay.config import RelayConfig
-from relay.enqueue import StoredEvent, store_event
+from relay.config import RelayConfig, Source
+from relay.enqueue import StoredEvent, store_events
 from relay.errors import BodyTooLarge, IngressRefused, RedisUnavailable, UnknownSource
-from relay.mapping import locate, map_event
+from relay.events import split_events
+from relay.mapping import map_event
+from relay.origin import client_ip, public_url
+from relay.outcome import EventStatus
 from relay.parse import parse_body
-from relay.settings import Settings
+from relay.schemes import HookRequest
+from relay.settings import Settings, secret_environment
+from relay.verify import SourceVerifier, build_verifiers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,8 +40,15 @@ SETTINGS = web.AppKey("settings", Settings)
 CONFIG = web.AppKey("config", RelayConfig)
 REDIS = web.AppKey("redis", Redis)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+VERIFIERS = web.AppKey("verifiers", dict[str, SourceVerifier])
 REDIS_THREADS = 32
 READ_CHUNK_BYTES = 64 * 1024
+SALESFORCE_ACK = (
+    '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>'
+    '<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack>'
+    "</notificationsResponse></soapenv:Body></soapenv:Envelope>"
+)
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -83,7 +98,7 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     return bytes(body)
 
 
-def _accepted_body(stored: StoredEvent) -> dict[str, Any]:
+def _event_body(stored: StoredEvent) -> dict[str, Any]:
     return {
         "event_id": stored.record.event_id,
         "source_event_id": stored.record.source_event_id,
@@ -93,38 +108,72 @@ def _accepted_body(stored: StoredEvent) -> dict[str, Any]:
     }
 
 
+def _answer(source: Source, stored: list[StoredEvent]) -> web.Response:
+    """202 when anything was queued, else 200; in the shape the sender expects."""
+    if source.reply == "salesforce-ack":  # anything but this envelope makes Salesforce send it again
+        return web.Response(text=SALESFORCE_ACK, content_type="text/xml")
+    if source.reply == "twiml":  # Twilio's messaging and voice webhooks want TwiML: here, do nothing
+        return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+    status = 202 if any(event.record.status is EventStatus.ACCEPTED for event in stored) else 200
+    if source.batch is not None:
+        return web.json_response({"events": [_event_body(event) for event in stored]}, status=status)
+    return web.json_response(_event_body(stored[0]), status=status)
+
+
+def _hook_request(request: web.Request, settings: Settings, body: bytes) -> HookRequest:
+    proxies = settings.trusted_proxies
+    return HookRequest(
+        method=request.method,
+        url=public_url(request, settings.public_url, proxies),
+        headers=request.headers,
+        body=body,
+        client_ip=client_ip(request, proxies),
+    )
+
+
 async def receive_hook(request: web.Request) -> web.Response:
-    """``POST /hooks/{source}``: parse, map, store; 202 once every run is queued (200 when ignored)."""
+    """``POST /hooks/{source}``: verify, parse, map, store; 202 once every run is queued."""
     settings, config = request.app[SETTINGS], request.app[CONFIG]
     source_name = request.match_info["source"]
     source = config.sources.get(source_name)
     if source is None:
         raise UnknownSource(f"no source named {source_name!r} is configured")
     body = await read_body(request, settings.max_body_bytes)
-    # aiohttp reports a missing Content-Type as application/octet-stream; say it is missing instead.
-    content_type = request.content_type.lower() if "Content-Type" in request.headers else ""
-    document = parse_body(content_type, request.charset, body)
-    event_type = locate(source.event_type, document, request.headers)
-    mapped = map_event(config, source_name, event_type, document)
+    request.app[VERIFIERS][source_name].verify(_hook_request(request, settings, body))
+    document = parse_body(
+        request.headers.get("Content-Type"),
+        body,
+        json_fields=source.json_fields,
+        form_document_field=source.form_document_field,
+    )
+    incoming = [
+        event
+        for event in split_events(source, document, request.headers, body)
+        if event.event_type is None or event.event_type not in source.ping_events
+    ]
+    if not incoming:
+        return web.json_response({"status": "ping", "message": "verified; nothing to run"})
+    events = [(event, map_event(config, source_name, event.event_type, event.document)) for event in incoming]
+    window_s = settings.dedupe_window_s if source.dedupe_window_s is None else source.dedupe_window_s
     stored = await in_thread(
         request,
-        store_event,
+        store_events,
         request.app[REDIS],
         settings,
         source=source_name,
-        source_event_id=locate(source.event_id, document, request.headers),
-        event_type=event_type,
-        mapped=mapped,
+        events=events,
+        dedupe_window_s=window_s,
     )
-    log.info(
-        "event %s from %s: %s, %d run(s) queued, %d dead-lettered",
-        stored.record.event_id,
-        source_name,
-        stored.record.status.value,
-        len(stored.runs),
-        len(stored.dead_letters),
-    )
-    return web.json_response(_accepted_body(stored), status=200 if mapped.ignored else 202)
+    for event in stored:
+        log.info(
+            "event %s from %s: %s, %d run(s) queued, %d dead-lettered",
+            event.record.event_id,
+            source_name,
+            event.record.status.value,
+            len(event.runs),
+            len(event.dead_letters),
+        )
+    return _answer(source, stored)
 
 
 async def show_event(request: web.Request) -> web.Response:
@@ -136,12 +185,21 @@ async def show_event(request: web.Request) -> web.Response:
     return web.json_response(view.model_dump(mode="json"))
 
 
-def create_app(settings: Settings, config: RelayConfig) -> web.Application:
-    """The ingress app; its cleanup context owns the Redis pool and the thread pool."""
+def create_app(
+    settings: Settings, config: RelayConfig, environ: Mapping[str, str] | None = None
+) -> web.Application:
+    """The ingress app; its cleanup context owns the Redis pool and the thread pool.
+
+    Sources' secrets are read from ``environ`` (default: the environment and ``.env``); a missing one
+    raises ConfigError here, before the app serves anything.
+    """
     # aiohttp's own limit is a safety net; read_body gives the JSON 413 first.
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes + 1)
     app[SETTINGS] = settings
     app[CONFIG] = config
+    app[VERIFIERS] = build_verifiers(
+        config.sources, secret_environment() if environ is None else environ, str(settings.config_path)
+    )
 
     async def connections(app: web.Application) -> AsyncIterator[None]:
         pool = ConnectionPool.from_url(

@@ -5,12 +5,21 @@ RQ owns its own keys (``rq:queue:<name>``, ``rq:job:<id>``, registries); the rel
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "relay"
 
 
 def event_key(event_id: str) -> str:
     """Hash holding one event's record (field ``event``) and one field per run (``run:<job id>``)."""
     return f"{PREFIX}:event:{event_id}"
+
+
+def seen_key(source: str, dedupe_id: str) -> str:
+    """String marking an event id as seen (value: the relay's event id) for the duplicate window."""
+    if len(dedupe_id) > 128:  # ids come from senders; keep keys short whatever they send
+        dedupe_id = "sha256:" + hashlib.sha256(dedupe_id.encode()).hexdigest()
+    return f"{PREFIX}:seen:{source}:{dedupe_id}"
 
 
 def run_field(job_id: str) -> str:

@@ -20,6 +20,7 @@ from relay import keys
 class EventStatus(StrEnum):
     ACCEPTED = "accepted"  # at least one run queued or dead-lettered
     IGNORED = "ignored"  # no route matched
+    DUPLICATE = "duplicate"  # a repeat of an earlier event: only ever an answer, never stored
 
 
 class RunStatus(StrEnum):

@@ -8,9 +8,10 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from relay.redis_server import EmbeddedRedis
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
 from relay.settings import Settings, load_settings
 
+T = TypeVar("T")
 KNOWN_PHLO = "11111111-aaaa-4bbb-8ccc-000000000001"
 ALERT_PHLO = "11111111-aaaa-4bbb-8ccc-000000000002"
 UNKNOWN_PHLO = "99999999-dead-4bbb-8ccc-000000000000"
@@ -196,3 +198,22 @@ def assert_sdk_request(run: dict[str, Any], phlo_id: str, payload: dict[str, Any
     assert headers["user-agent"] == f"plivo-python/4.63.0 (Python: {platform.python_version()})"
     assert headers["authorization"] == "Basic ***"  # the sandbox masks what it records
     assert run["raw_body"] == json.dumps(payload)
+
+
+def poll(check: Callable[[], T | None], timeout_s: float = 20.0) -> T:
+    """Poll ``check`` until it returns a value, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        time.sleep(0.02)
+
+
+def answers(url: str) -> int | None:
+    """The status a URL answers with, or None while nothing listens there."""
+    try:
+        return httpx.get(url).status_code
+    except httpx.ConnectError:
+        return None

@@ -11,9 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -24,22 +24,10 @@ from relay.config import load_config
 from relay.ingress import create_app
 from relay.redis_server import free_port
 from relay.settings import Settings
-from tests.conftest import Sandbox, clean_environment, drain_queue, running_worker
+from tests.conftest import Sandbox, answers, clean_environment, drain_queue, poll, running_worker
 from tests.test_delivery import FORM
 
 ROOT = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
-
-
-def poll(check: Callable[[], T | None], timeout_s: float = 20.0) -> T:
-    """Poll ``check`` until it returns a value, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        time.sleep(0.02)
 
 
 class Lines:
@@ -64,14 +52,6 @@ class Lines:
             self.seen.append(line)
             if text in line:
                 return line
-
-
-def answers(url: str) -> int | None:
-    """The status a URL answers with, or None while nothing listens there."""
-    try:
-        return httpx.get(url).status_code
-    except httpx.ConnectError:
-        return None
 
 
 def send_curl(line: str) -> httpx.Response:

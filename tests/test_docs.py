@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from relay.cli import build_parser
+from relay.config import Source
+from relay.schemes import SCHEME_NAMES
 from relay.settings import Settings, env_name
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
@@ -21,4 +23,10 @@ def test_every_command_is_in_the_commands_table() -> None:
         action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)
     ]
     missing = [name for name in commands.choices if f"`relay {name}" not in README]
+    assert missing == []
+
+
+def test_every_source_key_and_scheme_is_documented() -> None:
+    missing = [f"`{key}`" for key in Source.model_fields if f"| `{key}` |" not in README]
+    missing += [f"`{scheme}`" for scheme in SCHEME_NAMES if f"`{scheme}`" not in README]
     assert missing == []
