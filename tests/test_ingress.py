@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from redis import Redis
 
 from relay.config import RelayConfig
@@ -91,3 +92,35 @@ async def test_missing_content_type_says_so(
     client = await aiohttp_client(create_app(settings, config))
     response = await client.post("/hooks/website-form", data=b"{}", skip_auto_headers=["Content-Type"])
     assert "Content-Type is missing" in await refusal(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"phone": '),
+        ("application/json", b'{"a": NaN}'),
+        ("application/x-www-form-urlencoded", b"a=%FF"),
+        ("multipart/form-data; boundary=xyz", b"--xyz\r\nContent-Disposition: form-data; name=a\r\n\r\n1"),
+        ("multipart/form-data", b"no boundary given"),
+        ("text/xml", b"<a><b></a>"),
+        ("text/xml", b'<!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>'),
+        ("application/json; charset=utf-8", b'{"a": "\xff"}'),
+    ],
+    ids=[
+        "json",
+        "json-nan",
+        "form",
+        "multipart-truncated",
+        "multipart-no-boundary",
+        "xml",
+        "xml-doctype",
+        "charset",
+    ],
+)
+async def test_malformed_bodies_of_every_format_are_400_with_a_reason(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, redis: Redis, content_type: str, body: bytes
+) -> None:
+    client = await aiohttp_client(create_app(settings, config))
+    response = await client.post("/hooks/website-form", data=body, headers={"Content-Type": content_type})
+    await refusal(response, 400, "malformed_body")
+    assert redis.dbsize() == 0
