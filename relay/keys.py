@@ -28,3 +28,19 @@ def run_field(job_id: str) -> str:
 
 
 EVENT_FIELD = "event"
+DOCUMENT_FIELD = "document"
+
+
+def rate_key(account: str) -> str:
+    """Sorted set logging one account's runner request reservations (member: slot id, score: send time µs)."""
+    return f"{PREFIX}:rate:{account}"
+
+
+def breaker_key(account: str) -> str:
+    """Hash of one account's circuit breaker while it is open (absent: closed)."""
+    return f"{PREFIX}:breaker:{account}"
+
+
+def breaker_failures_key(account: str) -> str:
+    """Sorted set of one account's recent runner failures (score: time µs), while its breaker is closed."""
+    return f"{PREFIX}:breaker:{account}:failures"
