@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError, ConfigProblem
+from relay.retry import RetryOverride
 from relay.schemes import Verification
 from relay.settings import DEFAULT_ACCOUNT
 
@@ -172,6 +173,9 @@ class Route(_Strict):
     phlo_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     account: str = DEFAULT_ACCOUNT
     payload: dict[str, PayloadValue] = Field(default_factory=dict)
+    retry: RetryOverride | None = Field(
+        default=None, description="attempts, max_age_s, base_delay_s, max_delay_s of this route's runs"
+    )
 
     @field_validator("when")
     @classmethod

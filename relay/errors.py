@@ -11,6 +11,8 @@
     │   ├── UnsupportedMediaType   415
     │   └── BodyTooLarge           413
     ├── MappingError           an event cannot be mapped for a route (a required field is missing, ...)
+    ├── DeliveryPaused         a run held back without an attempt (breaker open, rate limit); .delay_s
+    ├── DeadLetterError        a dead-letter operation cannot be done (unknown job, event expired, ...)
     └── RunnerError            a PHLO run did not succeed
         ├── RunnerRejected         the runner answered non-2xx; .status, .error, .permanent
         └── RunnerUnreachable      no answer: connection refused, timeout; .ambiguous if it may have run
@@ -102,6 +104,19 @@ class MappingError(RelayError):
         super().__init__(f"route {route!r}: {message}")
 
 
+class DeliveryPaused(RelayError):
+    """A run is held back, not attempted: it is scheduled again in ``delay_s``."""
+
+    def __init__(self, reason: str, delay_s: float) -> None:
+        self.reason = reason
+        self.delay_s = delay_s
+        super().__init__(f"{reason}; next try in {delay_s:.1f} s")
+
+
+class DeadLetterError(RelayError):
+    """A dead-letter operation cannot be done; the message says why."""
+
+
 class RunnerError(RelayError):
     """A PHLO run did not succeed. ``permanent`` errors are not worth retrying."""
 
@@ -111,10 +126,13 @@ class RunnerError(RelayError):
 class RunnerRejected(RunnerError):
     """The runner answered with a non-2xx status."""
 
-    def __init__(self, status: int, error: str, api_id: str | None = None) -> None:
+    def __init__(
+        self, status: int, error: str, api_id: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         self.status = status
         self.error = error
         self.api_id = api_id
+        self.retry_after_s = retry_after_s
         super().__init__(f"runner answered HTTP {status}: {error}")
 
     @property

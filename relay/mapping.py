@@ -11,6 +11,7 @@ from jmespath.exceptions import JMESPathError
 
 from relay.config import LiteralValue, Locator, RelayConfig, Route, compile_expression
 from relay.errors import MappingError
+from relay.retry import RetryOverride
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class PlannedRun:
     phlo_id: str
     account: str
     payload: dict[str, Any]
+    retry: RetryOverride | None = None
 
 
 @dataclass(frozen=True)
@@ -109,5 +111,5 @@ def map_event(config: RelayConfig, source: str, event_type: str | None, document
         except MappingError as exc:
             mapped.failures.append(UnmappedRun(route.name, route.phlo_id, route.account, exc.message))
             continue
-        mapped.runs.append(PlannedRun(route.name, route.phlo_id, route.account, payload))
+        mapped.runs.append(PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry))
     return mapped

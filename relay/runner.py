@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from relay.errors import RunnerRejected, RunnerUnreachable
+from relay.retry import parse_retry_after
 from relay.settings import PlivoAccount
 
 # The SDK release whose request is reproduced byte for byte (see ../shared/reference/phlo-runner.md).
@@ -112,7 +113,10 @@ class RunnerClient:
         )
         api_id = (data or {}).get("api_id")
         raise RunnerRejected(
-            response.status_code, str(error)[:MAX_ERROR_CHARS], str(api_id) if api_id else None
+            response.status_code,
+            str(error)[:MAX_ERROR_CHARS],
+            str(api_id) if api_id else None,
+            retry_after_s=parse_retry_after(response.headers.get("Retry-After"), time.time()),
         )
 
     def close(self) -> None:

@@ -22,10 +22,12 @@ ENV_PREFIX = "RELAY_"
 
 
 class PlivoAccount(BaseModel):
-    """The credentials of one Plivo account."""
+    """The credentials of one Plivo account, and its rate limit at the runner."""
 
     auth_id: str = Field(min_length=1)
     auth_token: SecretStr
+    rate_limit: int = Field(default=300, ge=1)
+    rate_window_s: float = Field(default=5.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -86,9 +88,41 @@ class Settings(BaseSettings):
     runner_read_timeout_s: float = Field(
         default=5.0, gt=0, description="Read timeout (plivo-python's is 5 s)."
     )
-    run_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before a run is dead-lettered.")
-    run_retry_delay_s: int = Field(default=10, ge=0, description="Delay before each retry of a failed run.")
-    job_timeout_s: int = Field(default=60, ge=5, description="RQ job timeout of one delivery attempt.")
+    run_attempts: int = Field(
+        default=6, ge=1, le=50, description="Attempts before a run is dead-lettered (routes may override)."
+    )
+    run_max_age_s: int = Field(
+        default=86400, ge=1, description="A run not delivered this long after its event is dead-lettered."
+    )
+    retry_base_delay_s: float = Field(
+        default=5.0, ge=0, description="Backoff: retry n waits a random time up to base * 2^(n-1)."
+    )
+    retry_max_delay_s: float = Field(
+        default=600.0, ge=0, description="Backoff cap (Retry-After may exceed it)."
+    )
+    rate_limit: int = Field(
+        default=300, ge=1, description="Runner requests per window of the default account (Plivo: 300)."
+    )
+    rate_window_s: float = Field(default=5.0, gt=0, description="The rate limit's window (Plivo: 5 s).")
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Transient runner failures within the window that open the breaker."
+    )
+    breaker_window_s: float = Field(default=30.0, gt=0, description="Window of the breaker's failure count.")
+    breaker_open_s: float = Field(
+        default=15.0, gt=0, description="How long an open breaker pauses an account before one probe run."
+    )
+    breaker_max_open_s: float = Field(
+        default=300.0, gt=0, description="Cap of the open time after failed probes."
+    )
+    job_timeout_s: int = Field(
+        default=20, ge=5, description="RQ's timeout of one delivery attempt; bounds crashed-run detection."
+    )
+    maintenance_interval_s: int = Field(
+        default=10, ge=1, description="How often workers look for runs of crashed workers."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the admin API (dead letters); unset: the API is off."
+    )
     outcome_ttl_s: int = Field(default=30 * 86400, ge=60, description="How long event outcomes are kept.")
     finished_job_ttl_s: int = Field(
         default=86400, ge=0, description="How long RQ keeps succeeded jobs (outcomes are kept on their own)."
@@ -102,7 +136,12 @@ class Settings(BaseSettings):
         """The credentials of the named account (``default`` is the PLIVO_AUTH_* pair), or None."""
         if name == DEFAULT_ACCOUNT:
             if self.plivo_auth_id and self.plivo_auth_token is not None:
-                return PlivoAccount(auth_id=self.plivo_auth_id, auth_token=self.plivo_auth_token)
+                return PlivoAccount(
+                    auth_id=self.plivo_auth_id,
+                    auth_token=self.plivo_auth_token,
+                    rate_limit=self.rate_limit,
+                    rate_window_s=self.rate_window_s,
+                )
             return None
         return self.accounts.get(name)
 
@@ -124,7 +163,7 @@ class Settings(BaseSettings):
             elif field == "accounts":
                 value = json.dumps(
                     {
-                        name: {"auth_id": acc.auth_id, "auth_token": acc.auth_token.get_secret_value()}
+                        name: {**acc.model_dump(), "auth_token": acc.auth_token.get_secret_value()}
                         for name, acc in value.items()
                     }
                 )

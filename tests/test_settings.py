@@ -230,7 +230,7 @@ def test_as_environment_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         config_path=tmp_path / "routes.yaml",
         port=9001,
         runner_read_timeout_s=2.5,
-        run_retry_delay_s=0,
+        retry_base_delay_s=0,
         log_level="WARNING",
     )
     env = original.as_environment()

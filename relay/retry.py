@@ -1,0 +1,91 @@
+"""When a failed run is tried again: backoff with full jitter, Retry-After, and limits of attempts and age.
+
+The policy is resolved when a run is queued (settings, then the route's overrides) and travels with the job,
+so workers need no config. Retries are scheduled through RQ's scheduler, never slept in a worker.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relay.settings import Settings
+
+
+class RetryOverride(BaseModel):
+    """A route's own limits (``retry:`` in the config); what it leaves out comes from the settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int | None = Field(default=None, ge=1, le=50)
+    max_age_s: int | None = Field(default=None, ge=1)
+    base_delay_s: float | None = Field(default=None, ge=0)
+    max_delay_s: float | None = Field(default=None, ge=0)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The limits of one run. ``attempts_before`` counts attempts made before the last replay."""
+
+    attempts: int
+    base_delay_s: float
+    max_delay_s: float
+    deadline_at: float  # epoch seconds; no attempt is scheduled after it
+    attempts_before: int = 0
+
+    @classmethod
+    def resolve(cls, settings: Settings, override: RetryOverride | None, start_at: float) -> RetryPolicy:
+        """The policy of a run queued at ``start_at``: the route's overrides over the settings."""
+        given = override or RetryOverride()
+        return cls(
+            attempts=given.attempts or settings.run_attempts,
+            base_delay_s=settings.retry_base_delay_s if given.base_delay_s is None else given.base_delay_s,
+            max_delay_s=settings.retry_max_delay_s if given.max_delay_s is None else given.max_delay_s,
+            deadline_at=start_at + (given.max_age_s or settings.run_max_age_s),
+        )
+
+    def as_job_kwarg(self) -> dict[str, Any]:
+        """The policy as it is stored in the job (JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_job_kwarg(cls, raw: dict[str, Any]) -> RetryPolicy:
+        return cls(**raw)
+
+
+def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Full jitter: a random delay up to ``base * 2^(attempt-1)``, capped (AWS's "full jitter")."""
+    ceiling = min(policy.max_delay_s, policy.base_delay_s * 2 ** max(attempt - 1, 0))
+    return (rng or random).uniform(0, ceiling)
+
+
+def retry_delay_s(
+    policy: RetryPolicy, attempts_made: int, now: float, retry_after_s: float | None = None
+) -> tuple[float | None, str]:
+    """The delay before the next attempt, or None and why the run must be dead-lettered instead."""
+    if attempts_made - policy.attempts_before >= policy.attempts:
+        return None, f"no attempts left ({policy.attempts} made)"
+    delay = backoff_s(policy, attempts_made)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s)  # the runner said when; never sooner
+    if now + delay > policy.deadline_at:
+        return None, "its maximum age would pass before the next attempt"
+    return delay, ""
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0) if when.tzinfo is not None else None
