@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError, WatchError
-from rq import Queue, Retry
+from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
 from rq.queue import EnqueueData
 from rq.registry import FailedJobRegistry
@@ -25,10 +26,12 @@ from relay.errors import RedisUnavailable
 from relay.events import IncomingEvent
 from relay.mapping import MappedEvent, PlannedRun, UnmappedRun
 from relay.outcome import EventRecord, EventStatus, RunOutcome, RunStatus
+from relay.retry import RetryPolicy
 from relay.settings import Settings
 
-DELIVER_FUNC = "relay.worker.deliver"
-UNMAPPABLE_FUNC = "relay.worker.unmappable"
+DELIVER_FUNC = "relay.delivery.deliver"
+UNMAPPABLE_FUNC = "relay.delivery.unmappable"
+ON_FAILURE_FUNC = "relay.delivery.on_failure"
 WATCH_ATTEMPTS = 5
 
 
@@ -61,8 +64,10 @@ class StoredEvent:
     dead_letters: list[RunOutcome]
 
 
-def _run_job_data(settings: Settings, record: EventRecord, run: PlannedRun) -> EnqueueData:
-    retries = settings.run_attempts - 1
+def run_job_data(
+    settings: Settings, record: EventRecord, run: PlannedRun, policy: RetryPolicy
+) -> EnqueueData:
+    """The RQ job of one run: its kwargs carry the payload and the retry policy, so workers need no config."""
     return Queue.prepare_data(
         DELIVER_FUNC,
         kwargs={
@@ -71,22 +76,28 @@ def _run_job_data(settings: Settings, record: EventRecord, run: PlannedRun) -> E
             "phlo_id": run.phlo_id,
             "account": run.account,
             "payload": run.payload,
+            "policy": policy.as_job_kwarg(),
         },
         job_id=job_id_for(record.event_id, run.route),
         description=describe(record.source, run.route, run.phlo_id, record.event_id),
         timeout=settings.job_timeout_s,
         result_ttl=settings.finished_job_ttl_s,
         failure_ttl=settings.dead_letter_ttl_s,
-        retry=Retry(max=retries, interval=settings.run_retry_delay_s) if retries else None,
+        # Delivery decides each retry itself (backoff, Retry-After, age); this budget only serves RQ's
+        # own retry of a run whose worker died mid-job.
+        retry=Retry(max=policy.attempts - 1) if policy.attempts > 1 else None,
+        on_failure=Callback(ON_FAILURE_FUNC),
         meta={"source": record.source, "route": run.route, "phlo_id": run.phlo_id},
     )
 
 
-def _dead_letter(
+def dead_letter_unmapped(
     queue: Queue, settings: Settings, record: EventRecord, failure: UnmappedRun, pipe: Pipeline
 ) -> None:
-    # A matching route whose payload cannot be built is dead-lettered at once, so that the event is never
-    # lost silently: it shows in RQ's failed registry with its reason; requeueing it only fails again.
+    """Dead-letter a matching route whose payload cannot be built, so that the event is never lost silently.
+
+    It shows in RQ's failed registry with its reason; ``relay dlq replay`` maps it again after a fix.
+    """
     job = Job.create(
         UNMAPPABLE_FUNC,
         kwargs={"event_id": record.event_id, "route": failure.route, "reason": failure.reason},
@@ -117,6 +128,16 @@ def _first_outcome(
     )
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """An event about to be stored: its record and outcomes, its runs, its duplicate key and document."""
+
+    planned: StoredEvent
+    mapped: MappedEvent
+    seen_key: str | None
+    document: Any
+
+
 def _plan(source: str, incoming: IncomingEvent, mapped: MappedEvent) -> StoredEvent:
     routes = [run.route for run in mapped.runs] + [failure.route for failure in mapped.failures]
     record = EventRecord(
@@ -143,26 +164,26 @@ def _duplicate(planned: StoredEvent, first_event_id: str) -> StoredEvent:
     return StoredEvent(record=record, runs=[], dead_letters=[])
 
 
-def _write(
-    pipe: Pipeline, queue: Queue, settings: Settings, planned: StoredEvent, mapped: MappedEvent
-) -> None:
+def _write(pipe: Pipeline, queue: Queue, settings: Settings, pending: _Pending) -> None:
+    record, mapped = pending.planned.record, pending.mapped
     if mapped.runs:
-        queue.enqueue_many(
-            [_run_job_data(settings, planned.record, run) for run in mapped.runs], pipeline=pipe
-        )
+        jobs = [
+            run_job_data(settings, record, run, RetryPolicy.resolve(settings, run.retry, record.received_at))
+            for run in mapped.runs
+        ]
+        queue.enqueue_many(jobs, pipeline=pipe)
     for failure in mapped.failures:
-        _dead_letter(queue, settings, planned.record, failure, pipe)
-    outcome.write_event(pipe, planned.record, planned.runs + planned.dead_letters, settings.outcome_ttl_s)
+        dead_letter_unmapped(queue, settings, record, failure, pipe)
+    runs = pending.planned.runs + pending.planned.dead_letters
+    # The document is kept so that a replay can map the event again after the config is fixed.
+    document = None if mapped.ignored else pending.document
+    outcome.write_event(pipe, record, runs, settings.outcome_ttl_s, document)
 
 
 def _store_once(
-    pipe: Pipeline,
-    queue: Queue,
-    settings: Settings,
-    plans: list[tuple[StoredEvent, MappedEvent, str | None]],
-    dedupe_window_s: int,
+    pipe: Pipeline, queue: Queue, settings: Settings, pendings: list[_Pending], dedupe_window_s: int
 ) -> list[StoredEvent]:
-    seen_keys = [key for _, _, key in plans if key is not None]
+    seen_keys = [pending.seen_key for pending in pendings if pending.seen_key is not None]
     if seen_keys:
         # Optimistic lock: if another ingress claims one of these events before EXEC, the transaction
         # fails with WatchError and the next attempt sees the claim; a claim is never stored without its
@@ -171,7 +192,8 @@ def _store_once(
     firsts = dict(zip(seen_keys, pipe.mget(seen_keys) if seen_keys else [], strict=True))
     pipe.multi()
     stored = []
-    for planned, mapped, seen_key in plans:
+    for pending in pendings:
+        planned, seen_key = pending.planned, pending.seen_key
         first = firsts.get(seen_key) if seen_key is not None else None
         if first is not None:
             stored.append(_duplicate(planned, first.decode() if isinstance(first, bytes) else str(first)))
@@ -179,7 +201,7 @@ def _store_once(
         if seen_key is not None:
             pipe.set(seen_key, planned.record.event_id, ex=dedupe_window_s)
             firsts[seen_key] = planned.record.event_id  # a repeat within the same request
-        _write(pipe, queue, settings, planned, mapped)
+        _write(pipe, queue, settings, pending)
         stored.append(planned)
     pipe.execute()
     return stored
@@ -198,11 +220,12 @@ def store_events(
     An event whose id was stored within ``dedupe_window_s`` (0: no deduplication) is a duplicate: nothing
     is written for it. Raises RedisUnavailable when Redis does not take the transaction: nothing was stored.
     """
-    plans = [
-        (
+    pendings = [
+        _Pending(
             _plan(source, incoming, mapped),
             mapped,
             keys.seen_key(source, incoming.dedupe_id) if dedupe_window_s else None,
+            incoming.document,
         )
         for incoming, mapped in events
     ]
@@ -211,7 +234,7 @@ def store_events(
         with redis.pipeline(transaction=True) as pipe:
             for _ in range(WATCH_ATTEMPTS):
                 try:
-                    return _store_once(pipe, queue, settings, plans, dedupe_window_s)
+                    return _store_once(pipe, queue, settings, pendings, dedupe_window_s)
                 except WatchError:
                     continue
     except RedisError as exc:

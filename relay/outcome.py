@@ -6,6 +6,7 @@ run holds that run's outcome, so workers updating different runs of one event ne
 
 from __future__ import annotations
 
+import json
 import time
 from enum import StrEnum
 from typing import Any
@@ -16,6 +17,8 @@ from redis.client import Pipeline
 
 from relay import keys
 
+MAX_HISTORY = 50
+
 
 class EventStatus(StrEnum):
     ACCEPTED = "accepted"  # at least one run queued or dead-lettered
@@ -25,10 +28,23 @@ class EventStatus(StrEnum):
 
 class RunStatus(StrEnum):
     QUEUED = "queued"
+    WAITING = "waiting"  # held back (circuit breaker open, rate limit, worker stopping): not an attempt
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # the last attempt failed; a retry is scheduled
     DEAD_LETTERED = "dead_lettered"  # no further attempt: in RQ's failed registry
+
+
+class Step(BaseModel):
+    """One entry of a run's history: an attempt's end, a wait, a crash, a replay."""
+
+    at: float
+    status: RunStatus
+    attempt: int | None = None
+    http_status: int | None = None
+    error: str | None = None
+    retry_in_s: float | None = None
+    note: str | None = None
 
 
 class EventRecord(BaseModel):
@@ -58,7 +74,13 @@ class RunOutcome(BaseModel):
     elapsed_ms: float | None = None
     last_error: str | None = None
     ambiguous: bool = False
+    next_attempt_at: float | None = None
     updated_at: float = 0.0
+    history: list[Step] = []
+
+    def with_step(self, step: Step) -> list[Step]:
+        """The history with ``step`` appended (the oldest dropped past MAX_HISTORY)."""
+        return [*self.history, step][-MAX_HISTORY:]
 
 
 class EventView(BaseModel):
@@ -68,11 +90,15 @@ class EventView(BaseModel):
     runs: list[RunOutcome]
 
 
-def write_event(pipe: Pipeline, record: EventRecord, runs: list[RunOutcome], ttl_s: int) -> None:
-    """Queue the writes of a new event's record and its runs on a (transactional) pipeline."""
+def write_event(
+    pipe: Pipeline, record: EventRecord, runs: list[RunOutcome], ttl_s: int, document: Any = None
+) -> None:
+    """Queue the writes of a new event's record, its document (for re-mapping) and its runs."""
     key = keys.event_key(record.event_id)
     now = time.time()
     pipe.hset(key, keys.EVENT_FIELD, record.model_dump_json())
+    if document is not None:
+        pipe.hset(key, keys.DOCUMENT_FIELD, json.dumps(document, separators=(",", ":")))
     for run in runs:
         pipe.hset(
             key, keys.run_field(run.job_id), run.model_copy(update={"updated_at": now}).model_dump_json()
@@ -97,9 +123,16 @@ def save_run(redis: Redis, event_id: str, run: RunOutcome, ttl_s: int, **changes
     return updated
 
 
+def read_document(redis: Redis, event_id: str) -> Any:
+    """The event's document as the ingress parsed it, or None when unknown or expired."""
+    raw = redis.hget(keys.event_key(event_id), keys.DOCUMENT_FIELD)
+    return json.loads(raw) if raw else None
+
+
 def read_event(redis: Redis, event_id: str) -> EventView | None:
     """The event and all its runs, or None when unknown or expired."""
     fields: dict[bytes, bytes] = redis.hgetall(keys.event_key(event_id))  # type: ignore[assignment]
+    fields.pop(keys.DOCUMENT_FIELD.encode(), None)
     raw_event = fields.pop(keys.EVENT_FIELD.encode(), None)
     if raw_event is None:
         return None

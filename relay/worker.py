@@ -1,31 +1,31 @@
-"""The RQ job that delivers one PHLO run, and the worker processes that run those jobs.
+"""The worker processes that run the relay's jobs (``relay.delivery``), and what each process shares.
 
 Workers are RQ ``SimpleWorker``s (no fork per job), so each process keeps one runner client and its
-connection pool from job to job. RQ retries a failed attempt as the job's ``Retry`` says; an error that
-retrying cannot fix (the runner's 4xx) ends the retries at once, and the last failure lands in RQ's failed
-registry: the dead-letter store dashboards show.
+connection pool, its breakers and rate limits from job to job. A worker that dies mid-job is found by any
+other worker within ``RELAY_JOB_TIMEOUT_S`` + 5 s + ``RELAY_MAINTENANCE_INTERVAL_S`` and its run retried.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
-from rq import SimpleWorker, get_current_job
+from rq import SimpleWorker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
-from relay import outcome
-from relay.enqueue import job_id_for, relay_queue
-from relay.errors import MappingError, RunnerError, RunnerRejected, RunnerUnreachable, SettingsError
-from relay.outcome import RunOutcome, RunStatus
+from relay.breaker import CircuitBreaker
+from relay.enqueue import relay_queue
+from relay.ratelimit import AccountRateLimit
 from relay.runner import RunnerClient
-from relay.settings import Settings, load_settings
+from relay.settings import PlivoAccount, Settings, load_settings
 
 log = logging.getLogger(__name__)
+# A run whose worker dies is found once its RQ execution entry expires: the job timeout plus this.
+ABANDONED_GRACE_S = 5
 
 
 @dataclass
@@ -35,6 +35,8 @@ class WorkerContext:
     settings: Settings
     redis: Redis
     runner: RunnerClient
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    rate_limits: dict[str, AccountRateLimit] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
@@ -44,6 +46,28 @@ class WorkerContext:
             read_timeout_s=settings.runner_read_timeout_s,
         )
         return cls(settings=settings, redis=Redis.from_url(settings.redis_url), runner=runner)
+
+    def breaker(self, account: str) -> CircuitBreaker:
+        """The account's circuit breaker (its state lives in Redis)."""
+        if account not in self.breakers:
+            settings = self.settings
+            self.breakers[account] = CircuitBreaker(
+                self.redis,
+                account,
+                failure_threshold=settings.breaker_failures,
+                window_s=settings.breaker_window_s,
+                open_s=settings.breaker_open_s,
+                max_open_s=settings.breaker_max_open_s,
+            )
+        return self.breakers[account]
+
+    def rate_limit(self, account: str, credentials: PlivoAccount) -> AccountRateLimit:
+        """The account's rate limit at the runner (its log lives in Redis)."""
+        if account not in self.rate_limits:
+            self.rate_limits[account] = AccountRateLimit(
+                self.redis, account, credentials.rate_limit, credentials.rate_window_s
+            )
+        return self.rate_limits[account]
 
     def close(self) -> None:
         self.runner.close()
@@ -67,62 +91,18 @@ def current_context() -> WorkerContext:
     return _context
 
 
-def deliver(event_id: str, route: str, phlo_id: str, account: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """RQ job: run one PHLO and record the outcome. Raises (so RQ retries or dead-letters) on failure."""
-    context = current_context()
-    settings = context.settings
-    job = get_current_job()
-    job_id = job.id if job is not None else job_id_for(event_id, route)
-    run = outcome.read_run(context.redis, event_id, job_id) or RunOutcome(
-        job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
-    )
+class RelayWorker(SimpleWorker):
+    """A SimpleWorker whose runs, when it dies, are found within ``job timeout + 5 s`` (RQ adds 60 s)."""
 
-    def record(**changes: Any) -> RunOutcome:
-        return outcome.save_run(context.redis, event_id, run, settings.outcome_ttl_s, **changes)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # RQ's WorkerPool passes no maintenance interval: take it from the settings.
+        kwargs.setdefault("maintenance_interval", current_context().settings.maintenance_interval_s)
+        super().__init__(*args, **kwargs)
 
-    run = record(status=RunStatus.RUNNING, attempts=run.attempts + 1)
-    try:
-        credentials = settings.account(account)
-        if credentials is None:
-            raise SettingsError(f"no credentials for Plivo account {account!r}")
-        result = context.runner.run(credentials, phlo_id, payload)
-    except Exception as exc:
-        permanent = isinstance(exc, SettingsError) or (isinstance(exc, RunnerError) and exc.permanent)
-        if permanent and job is not None:
-            job.retries_left = 0  # RQ then fails the job instead of retrying it
-        final = job is None or not job.should_retry
-        record(
-            status=RunStatus.DEAD_LETTERED if final else RunStatus.FAILED,
-            last_error=str(exc) if isinstance(exc, RunnerError | SettingsError) else repr(exc),
-            http_status=exc.status if isinstance(exc, RunnerRejected) else None,
-            # Once an attempt may have run the PHLO, the run stays marked: a retry may have run it twice.
-            ambiguous=run.ambiguous or (isinstance(exc, RunnerUnreachable) and exc.ambiguous),
-        )
-        log.warning(
-            "run %s attempt %d failed%s: %s", job_id, run.attempts, "" if final else ", will retry", exc
-        )
-        raise
-    try:
-        record(
-            status=RunStatus.SUCCEEDED,
-            phlo_run_id=result.phlo_run_id,
-            message=result.message,
-            http_status=result.status,
-            elapsed_ms=round(result.elapsed_ms, 1),
-            last_error=None,
-        )
-    except RedisError:
-        # The PHLO has run: raising would make RQ retry it and run it twice. RQ keeps the job's result.
-        log.exception(
-            "run %s succeeded (PHLO run %s) but its outcome was not recorded", job_id, result.phlo_run_id
-        )
-    log.info("run %s succeeded: PHLO run %s", job_id, result.phlo_run_id)
-    return {"phlo_run_id": result.phlo_run_id, "message": result.message, "status": result.status}
-
-
-def unmappable(event_id: str, route: str, reason: str) -> None:
-    """RQ job of a route that could not be mapped: it stays dead-lettered, even when requeued."""
-    raise MappingError(route, f"{reason} (event {event_id}; fix the config, then replay)")
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        if job.timeout is None or job.timeout < 0:
+            return super().get_heartbeat_ttl(job, working_time)
+        return int(job.timeout) + ABANDONED_GRACE_S
 
 
 def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) -> None:
@@ -135,7 +115,7 @@ def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) 
             [queue.name],
             connection=redis,
             num_workers=processes,
-            worker_class=SimpleWorker,
+            worker_class=RelayWorker,
             serializer=JSONSerializer,
         )
         pool.start(burst=burst, logging_level=settings.log_level)
@@ -143,7 +123,11 @@ def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) 
     context = WorkerContext.build(settings)
     use_context(context)
     try:
-        worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer)
+        worker = RelayWorker(
+            [queue],
+            connection=redis,
+            serializer=JSONSerializer,
+        )
         worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
     finally:
         use_context(None)

@@ -110,7 +110,7 @@ class Sandbox:
         runs: list[dict[str, Any]] = self.http.get("/_sandbox/runs").raise_for_status().json()["runs"]
         return runs
 
-    def fail(self, status: int, count: int | None, **extra: Any) -> None:
+    def fail(self, status: int | None, count: int | None, **extra: Any) -> None:
         self.http.post(
             "/_sandbox/faults", json={"status": status, "count": count, **extra}
         ).raise_for_status()
@@ -138,7 +138,7 @@ def config() -> RelayConfig:
 def settings(
     redis: Redis, redis_server: EmbeddedRedis, sandbox_server: SandboxThread, tmp_path: Path
 ) -> Settings:
-    """Settings of a test: an emptied Redis, the sandbox, immediate retries."""
+    """Settings of a test: an emptied Redis, the sandbox, immediate retries, no circuit breaker."""
     config_path = tmp_path / "routes.yaml"
     config_path.write_text(TEST_CONFIG, encoding="utf-8")
     return load_settings(
@@ -148,8 +148,9 @@ def settings(
         plivo_auth_id=SANDBOX_AUTH_ID,
         plivo_auth_token=SANDBOX_AUTH_TOKEN,
         config_path=config_path,
-        run_retry_delay_s=0,
+        retry_base_delay_s=0,
         runner_read_timeout_s=2.0,
+        breaker_failures=1000,  # tests of the breaker turn it on; elsewhere a failing runner stays failing
     )
 
 

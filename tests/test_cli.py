@@ -113,8 +113,15 @@ def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
     sent_at = time.monotonic()
     response = send_curl(curl)
     assert response.status_code == 202, response.text
-    event_id = response.json()["event_id"]
-    runs = poll(lambda: httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/runs").json()["runs"] or None)
+    event_id, jobs = response.json()["event_id"], response.json()["jobs"]
+
+    def all_runs() -> list[dict[str, Any]] | None:
+        runs: list[dict[str, Any]] = httpx.get(f"http://127.0.0.1:{sandbox_port}/_sandbox/runs").json()[
+            "runs"
+        ]
+        return runs if len(runs) == len(jobs) else None
+
+    runs = poll(all_runs)
     print(f"printed curl to run recorded at the sandbox: {time.monotonic() - sent_at:.3f} s")
     assert {run["status"] for run in runs} == {201}
 
@@ -218,7 +225,7 @@ def test_worker_refuses_to_start_without_the_credentials_its_routes_need(setting
 async def test_a_long_running_worker_retries_after_the_delay_through_rqs_scheduler(
     aiohttp_client: Any, settings: Settings, sandbox: Sandbox
 ) -> None:
-    delayed = settings.model_copy(update={"run_retry_delay_s": 1})
+    delayed = settings.model_copy(update={"retry_base_delay_s": 1})
     sandbox.fail(503, 1)
     client = await aiohttp_client(create_app(delayed, load_config(delayed.config_path)))
     response = await client.post("/hooks/website-form", json=FORM)

@@ -242,7 +242,7 @@ async def test_jobs_are_json_with_readable_descriptions_and_no_secret_is_stored(
     client = await aiohttp_client(create_app(settings, config))
     _, body = await post(client, "website-form", {**FORM, "company_size": "500+"})
     job = Job.fetch(body["jobs"][0]["job_id"], connection=redis, serializer=JSONSerializer)
-    assert job.func_name == "relay.worker.deliver"
+    assert job.func_name == "relay.delivery.deliver"
     assert job.description is not None
     assert (
         "website-form" in job.description and "callback" in job.description and KNOWN_PHLO in job.description

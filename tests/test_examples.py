@@ -605,7 +605,7 @@ async def start_relay(
         # The test client connects from loopback: it plays the load balancer in front of the relay, so
         # that Salesforce's X-Forwarded-For address is believed (URL schemes use RELAY_PUBLIC_URL).
         trusted_proxies=["127.0.0.1/32", "::1/128"],
-        run_retry_delay_s=0,
+        retry_base_delay_s=0,
         runner_read_timeout_s=2.0,
     )
     config = load_config(settings.config_path)

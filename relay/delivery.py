@@ -1,0 +1,259 @@
+"""The RQ jobs of the relay: ``deliver`` runs one PHLO; ``unmappable`` holds a run that could not be mapped.
+
+Before each attempt a run passes its account's circuit breaker and rate limit (both in Redis, shared by every
+worker); a run held back there is rescheduled without using an attempt. After a failure the run decides its
+own retry (``relay.retry``) and RQ's scheduler carries it out; a run out of attempts or age ends in RQ's
+failed registry: the dead letters dashboards show. Every step is appended to the run's history.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import get_current_job
+from rq.exceptions import AbandonedJobError
+from rq.job import Job
+
+from relay import outcome
+from relay.enqueue import DELIVER_FUNC, job_id_for
+from relay.errors import (
+    DeliveryPaused,
+    MappingError,
+    RunnerError,
+    RunnerRejected,
+    RunnerUnreachable,
+    SettingsError,
+)
+from relay.outcome import RunOutcome, RunStatus, Step
+from relay.retry import RetryPolicy, retry_delay_s
+from relay.runner import RunResult
+from relay.settings import PlivoAccount, Settings
+from relay.worker import WorkerContext, current_context
+
+log = logging.getLogger(__name__)
+
+
+def _admit(context: WorkerContext, account: str, credentials: PlivoAccount) -> None:
+    """Wait for the account's turn, or raise DeliveryPaused when the breaker is open or the wait too long."""
+    state = context.breaker(account).allow()
+    if state.state == "open":
+        delay_s = max((state.retry_at or time.time()) - time.time(), 0.0)
+        raise DeliveryPaused(f"circuit breaker of account {account!r} is open", delay_s + 1)
+    settings = context.settings
+    # The wait must leave the request its whole connect and read time within the job's timeout.
+    max_wait_s = (
+        settings.job_timeout_s - settings.runner_connect_timeout_s - settings.runner_read_timeout_s - 2
+    )
+    rate_limit = context.rate_limit(account, credentials)
+    while True:
+        reservation = rate_limit.reserve(max_wait_s=max(max_wait_s, 0.0))
+        if reservation is None:
+            raise DeliveryPaused(
+                f"rate limit of account {account!r} is taken for the next {max_wait_s:.0f} s", 1
+            )
+        if reservation.wait_s > 0:
+            time.sleep(reservation.wait_s)
+        if not rate_limit.too_late(reservation):
+            return
+        rate_limit.release(reservation)  # woke too late to keep the window: take a new turn
+
+
+@dataclass
+class _Delivery:
+    """One run's outcome record and RQ job while a worker delivers it."""
+
+    redis: Redis
+    settings: Settings
+    event_id: str
+    job: Job | None
+    policy: RetryPolicy
+    run: RunOutcome
+
+    def save(self, step: Step | None = None, **changes: Any) -> None:
+        if step is not None:
+            changes["history"] = self.run.with_step(step)
+        self.run = outcome.save_run(
+            self.redis, self.event_id, self.run, self.settings.outcome_ttl_s, **changes
+        )
+
+    def _schedule(self, delay_s: float | None) -> None:
+        """Tell RQ what to do once the job raises: retry in ``delay_s``, or (None) fail it for good."""
+        if self.job is None:
+            return
+        if delay_s is None:
+            self.job.retries_left = 0
+        else:
+            self.job.retries_left = max(
+                self.policy.attempts - self.run.attempts + self.policy.attempts_before, 1
+            )
+            # RQ schedules in whole seconds, rounding the due time down: one more second keeps a retry
+            # from ever coming sooner than asked (Retry-After is a floor).
+            self.job.retry_intervals = [math.ceil(delay_s) + 1 if delay_s > 0 else 0]
+
+    def pause(self, pause: DeliveryPaused) -> None:
+        now = time.time()
+        if now + pause.delay_s > self.policy.deadline_at:
+            self.give_up(f"{pause.reason}, and its maximum age would pass first")
+            return
+        self._schedule(pause.delay_s)
+        step = Step(at=now, status=RunStatus.WAITING, note=pause.reason, retry_in_s=round(pause.delay_s, 1))
+        self.save(step, status=RunStatus.WAITING, next_attempt_at=now + pause.delay_s)
+
+    def give_up(self, reason: str, **changes: Any) -> None:
+        self._schedule(None)
+        step = Step(at=time.time(), status=RunStatus.DEAD_LETTERED, attempt=self.run.attempts, error=reason)
+        self.save(step, status=RunStatus.DEAD_LETTERED, last_error=reason, next_attempt_at=None, **changes)
+        log.warning("run %s dead-lettered: %s", self.run.job_id, reason)
+
+    def start(self) -> None:
+        self.save(status=RunStatus.RUNNING, attempts=self.run.attempts + 1, next_attempt_at=None)
+
+    def failed(self, error: str, *, permanent: bool, http_status: int | None = None, **extra: Any) -> None:
+        """Record a failed attempt; schedule the retry, or dead-letter the run."""
+        now = time.time()
+        retry_after_s = extra.pop("retry_after_s", None)
+        if permanent:
+            delay_s, why = None, "the runner refused it; retrying cannot help"
+        else:
+            delay_s, why = retry_delay_s(self.policy, self.run.attempts, now, retry_after_s)
+        if delay_s is None:
+            self.give_up(f"{error} ({why})", http_status=http_status, **extra)
+            return
+        self._schedule(delay_s)
+        step = Step(
+            at=now,
+            status=RunStatus.FAILED,
+            attempt=self.run.attempts,
+            http_status=http_status,
+            error=error,
+            retry_in_s=round(delay_s, 1),
+        )
+        self.save(step, status=RunStatus.FAILED, last_error=error, http_status=http_status,
+                  next_attempt_at=now + delay_s, **extra)  # fmt: skip
+        log.info(
+            "run %s attempt %d failed, retry in %.1f s: %s",
+            self.run.job_id,
+            self.run.attempts,
+            delay_s,
+            error,
+        )
+
+    def interrupted(self, reason: str) -> None:
+        """The attempt was cut short (shutdown, crash, timeout) while its request may have been out."""
+        now = time.time()
+        self._schedule(0)
+        step = Step(at=now, status=RunStatus.FAILED, attempt=self.run.attempts, error=reason, retry_in_s=0)
+        self.save(step, status=RunStatus.FAILED, last_error=reason, ambiguous=True, next_attempt_at=now)
+        log.warning("run %s attempt %d %s; retried at once", self.run.job_id, self.run.attempts, reason)
+
+    def succeeded(self, result: RunResult) -> None:
+        step = Step(
+            at=time.time(), status=RunStatus.SUCCEEDED, attempt=self.run.attempts, http_status=result.status
+        )
+        self.save(
+            step,
+            status=RunStatus.SUCCEEDED,
+            phlo_run_id=result.phlo_run_id,
+            message=result.message,
+            http_status=result.status,
+            elapsed_ms=round(result.elapsed_ms, 1),
+            last_error=None,
+        )
+
+
+def deliver(
+    event_id: str,
+    route: str,
+    phlo_id: str,
+    account: str,
+    payload: dict[str, Any],
+    policy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """RQ job: run one PHLO and record the outcome. Raises (so RQ retries or dead-letters) on failure."""
+    context = current_context()
+    settings = context.settings
+    job = get_current_job()
+    job_id = job.id if job is not None else job_id_for(event_id, route)
+    run = outcome.read_run(context.redis, event_id, job_id) or RunOutcome(
+        job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
+    )
+    retry_policy = (
+        RetryPolicy.from_job_kwarg(policy) if policy else RetryPolicy.resolve(settings, None, time.time())
+    )
+    delivery = _Delivery(context.redis, settings, event_id, job, retry_policy, run)
+    credentials = settings.account(account)
+    if credentials is None:
+        delivery.give_up(f"no credentials for Plivo account {account!r}")
+        raise SettingsError(f"no credentials for Plivo account {account!r}")
+    try:
+        _admit(context, account, credentials)
+    except DeliveryPaused as pause:
+        delivery.pause(pause)
+        raise
+    delivery.start()
+    try:
+        result = context.runner.run(credentials, phlo_id, payload)
+    except RunnerError as exc:
+        _record_failure(context, delivery, account, exc)
+        raise
+    except BaseException as exc:
+        # A cold shutdown (SystemExit) or RQ's job timeout while the request was out: the PHLO may have run.
+        delivery.interrupted(f"interrupted mid-run ({type(exc).__name__})")
+        raise
+    context.breaker(account).record_success()
+    try:
+        delivery.succeeded(result)
+    except RedisError:
+        # The PHLO has run: raising would make RQ retry it and run it twice. RQ keeps the job's result.
+        log.exception(
+            "run %s succeeded (PHLO run %s) but its outcome was not recorded", job_id, result.phlo_run_id
+        )
+    log.info("run %s succeeded: PHLO run %s", job_id, result.phlo_run_id)
+    return {"phlo_run_id": result.phlo_run_id, "message": result.message, "status": result.status}
+
+
+def _record_failure(context: WorkerContext, delivery: _Delivery, account: str, exc: RunnerError) -> None:
+    breaker = context.breaker(account)
+    if exc.permanent:
+        breaker.record_success()  # the runner answered: it is up, the request was wrong
+    else:
+        breaker.record_failure()
+    rejected = exc if isinstance(exc, RunnerRejected) else None
+    delivery.failed(
+        str(exc),
+        permanent=exc.permanent,
+        http_status=rejected.status if rejected else None,
+        retry_after_s=rejected.retry_after_s if rejected else None,
+        # Once an attempt may have run the PHLO, the run stays marked: a retry may have run it twice.
+        ambiguous=delivery.run.ambiguous or (isinstance(exc, RunnerUnreachable) and exc.ambiguous),
+    )
+
+
+def on_failure(
+    job: Job, connection: Redis, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """RQ failure callback: records a run whose worker died mid-job; RQ then retries it at once."""
+    if not issubclass(exc_type, AbandonedJobError) or job.func_name != DELIVER_FUNC:
+        return  # deliver() recorded everything else itself
+    event_id = str(job.kwargs["event_id"])
+    run = outcome.read_run(connection, event_id, job.id)
+    if run is None:
+        return
+    settings = current_context().settings
+    raw_policy = job.kwargs.get("policy")
+    policy = RetryPolicy.from_job_kwarg(raw_policy) if raw_policy else RetryPolicy.resolve(settings, None, 0)
+    delivery = _Delivery(connection, settings, event_id, job, policy, run)
+    if run.status is RunStatus.RUNNING:  # it died with the request possibly out
+        delivery.interrupted("the worker died mid-run")
+
+
+def unmappable(event_id: str, route: str, reason: str) -> None:
+    """RQ job of a route that could not be mapped: it stays dead-lettered until replayed after a fix."""
+    raise MappingError(route, f"{reason} (event {event_id}; fix the config, then replay)")
