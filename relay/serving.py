@@ -19,10 +19,14 @@ log = logging.getLogger(__name__)
 
 
 async def start_site(
-    app: web.Application, host: str, port: int, *, access_log: bool = True
+    app: web.Application, host: str, port: int, *, access_log: bool = True, shutdown_timeout_s: float = 60.0
 ) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on ``host:port``; returns the runner and the port bound (read back, for port 0)."""
-    runner = web.AppRunner(app) if access_log else web.AppRunner(app, access_log=None)
+    """Serve ``app`` on ``host:port``; returns the runner and the port bound (read back, for port 0).
+
+    On cleanup, requests in flight get ``shutdown_timeout_s`` to finish.
+    """
+    options: dict[str, object] = {} if access_log else {"access_log": None}
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s, **options)  # type: ignore[arg-type]
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -92,7 +96,10 @@ class AppThread:
 
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        runner, self._port = await start_site(self._app_factory(), self.host, 0, access_log=False)
+        # A test's slow request (a sandbox fault's latency) must not hold up the thread's exit.
+        runner, self._port = await start_site(
+            self._app_factory(), self.host, 0, access_log=False, shutdown_timeout_s=1.0
+        )
         try:
             self._ready.set()
             await self._stop.wait()

@@ -99,6 +99,12 @@ class RelayWorker(SimpleWorker):
         kwargs.setdefault("maintenance_interval", current_context().settings.maintenance_interval_s)
         super().__init__(*args, **kwargs)
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # An idle worker waits on BLPOP this long before it looks for dead workers' runs again; RQ's
+        # default (worker TTL - 15 s, about 7 minutes) would leave a crashed run unnoticed that long.
+        return max(1, min(self.worker_ttl - 15, int(self.maintenance_interval)))
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout is None or job.timeout < 0:
             return super().get_heartbeat_ttl(job, working_time)

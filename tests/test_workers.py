@@ -1,0 +1,192 @@
+"""Worker processes as operators run them: the account rate limit across processes, the circuit breaker,
+a worker killed mid-run, and warm and cold shutdown of a pool (real processes, Redis and sandbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from redis import Redis
+
+from relay.breaker import CircuitBreaker
+from relay.config import RelayConfig
+from relay.ingress import create_app
+from relay.settings import DEFAULT_ACCOUNT, Settings
+from tests.conftest import Sandbox, clean_environment, poll
+from tests.test_delivery import FORM
+
+
+@contextlib.contextmanager
+def worker_process(settings: Settings, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``relay worker`` with ``args`` in a session of its own.
+
+    At the end the whole session is killed: a pool's forked workers and RQ's scheduler process outlive a
+    killed parent, and would go on taking later tests' jobs.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "worker", *args],
+        env=clean_environment(**settings.as_environment()),
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+async def post_events(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, count: int
+) -> tuple[Any, list[str]]:
+    client = await aiohttp_client(create_app(settings, config))
+    event_ids = []
+    for _ in range(count):
+        response = await client.post(
+            "/hooks/website-form", json={**FORM, "submission_id": f"sub-{uuid.uuid4().hex}"}
+        )
+        assert response.status == 202
+        event_ids.append((await response.json())["event_id"])
+    return client, event_ids
+
+
+async def runs_of(client: Any, event_ids: list[str]) -> list[dict[str, Any]]:
+    views = [await (await client.get(f"/events/{event_id}")).json() for event_id in event_ids]
+    return [run for view in views for run in view["runs"]]
+
+
+def wait_for_runs(sandbox: Sandbox, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Poll the sandbox until it recorded ``count`` requests."""
+    return poll(lambda: runs if len(runs := sandbox.runs()) >= count else None, timeout_s)
+
+
+async def until_all(
+    client: Any, event_ids: list[str], status: str, timeout_s: float = 60.0
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = await runs_of(client, event_ids)
+        if all(run["status"] == status for run in runs):
+            return runs
+        assert time.monotonic() < deadline, [run["status"] for run in runs]
+        await asyncio.sleep(0.1)
+
+
+def busiest_window(times: list[float], window_s: float) -> int:
+    """The most requests in any window of ``window_s`` seconds (sliding)."""
+    times = sorted(times)
+    return max(
+        sum(1 for other in times[index:] if other - start < window_s) for index, start in enumerate(times)
+    )
+
+
+async def test_several_worker_processes_never_exceed_the_account_rate_limit(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox
+) -> None:
+    limited = settings.model_copy(update={"rate_limit": 10, "rate_window_s": 1.0})
+    client, event_ids = await post_events(aiohttp_client, limited, config, 45)
+    started = time.monotonic()
+    with worker_process(limited, "--processes", "3"):
+        runs = await asyncio.to_thread(wait_for_runs, sandbox, 45)
+    took_s = time.monotonic() - started
+    received = [run["received_at"] for run in runs]
+    assert busiest_window(received, 1.0) <= 10
+    assert busiest_window(received, 1.0) >= 8  # the limit is used, not merely respected
+    # Runs keep flowing: 45 runs at 10 per 1.2 s (window plus margin) take about 4.2 s, not much more.
+    assert took_s < 15, took_s
+    assert {run["status"] for run in await until_all(client, event_ids, "succeeded")} == {"succeeded"}
+
+
+async def test_the_breaker_pauses_an_account_in_an_outage_and_resumes_without_losing_a_run(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    fragile = settings.model_copy(
+        update={"breaker_failures": 3, "breaker_open_s": 1.0, "run_attempts": 6, "retry_base_delay_s": 0}
+    )
+    breaker = CircuitBreaker(redis, DEFAULT_ACCOUNT)
+    sandbox.fail(503, None)
+    client, event_ids = await post_events(aiohttp_client, fragile, config, 8)
+    with worker_process(fragile):
+        await asyncio.to_thread(poll, lambda: True if breaker.state().state != "closed" else None, 30.0)
+
+        # While the runner is down, runs wait instead of burning their attempts.
+        async def some_wait() -> list[dict[str, Any]]:
+            deadline = time.monotonic() + 30
+            while True:
+                runs = await runs_of(client, event_ids)
+                if any(run["status"] == "waiting" for run in runs):
+                    return runs
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+
+        during = await some_wait()
+        assert all(run["attempts"] < fragile.run_attempts for run in during)
+        sandbox.reset()  # the runner recovers
+        after = await until_all(client, event_ids, "succeeded")
+    assert breaker.state().state == "closed"
+    assert all(run["attempts"] < fragile.run_attempts for run in after)
+    notes = [step.get("note") or "" for run in after for step in run["history"]]
+    assert any("circuit breaker" in note for note in notes)
+    assert sum(run["status"] == 201 for run in sandbox.runs()) == 8
+
+
+async def test_a_run_whose_worker_is_killed_mid_run_is_retried_and_succeeds(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox
+) -> None:
+    quick = settings.model_copy(update={"job_timeout_s": 5, "maintenance_interval_s": 1})
+    sandbox.fail(None, 1, latency_ms=4000)
+    client, event_ids = await post_events(aiohttp_client, quick, config, 1)
+    with worker_process(quick) as doomed:
+        await asyncio.to_thread(wait_for_runs, sandbox, 1)  # the request is in flight
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    killed_at = time.monotonic()
+    with worker_process(quick):
+        [run] = await until_all(client, event_ids, "succeeded", timeout_s=60)
+    assert time.monotonic() - killed_at < 30  # found well within a minute (job timeout 5 s + 5 s + 1 s)
+    assert run["ambiguous"] is True  # the killed attempt may have reached the runner
+    assert any(step["error"] == "the worker died mid-run" for step in run["history"]), [
+        s["error"] for s in run["history"]
+    ]
+    assert len(sandbox.runs()) == 2
+
+
+async def test_sigterm_finishes_the_runs_in_flight_and_a_second_sigterm_stops_at_once(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox
+) -> None:
+    sandbox.fail(None, 2, latency_ms=1500)
+    client, event_ids = await post_events(aiohttp_client, settings, config, 2)
+    with worker_process(settings, "--processes", "2") as pool:
+        await asyncio.to_thread(wait_for_runs, sandbox, 2)
+        pool.send_signal(signal.SIGTERM)  # warm: both runs in flight finish
+        assert await asyncio.to_thread(pool.wait, 30) == 0
+    assert {run["status"] for run in await runs_of(client, event_ids)} == {"succeeded"}
+    assert len(sandbox.runs()) == 2
+
+    sandbox.reset()
+    sandbox.fail(None, 1, latency_ms=20_000)
+    client, event_ids = await post_events(aiohttp_client, settings, config, 1)
+    with worker_process(settings, "--processes", "2") as pool:
+        await asyncio.to_thread(wait_for_runs, sandbox, 1)
+        pool.send_signal(signal.SIGTERM)
+        # RQ ignores a second signal within 1 s of the first (the pool forwards signals to its workers).
+        await asyncio.sleep(1.5)
+        pool.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        await asyncio.to_thread(pool.wait, 30)
+        assert time.monotonic() - stopped_at < 10  # it did not wait for the 20 s run
+    [run] = await runs_of(client, event_ids)
+    assert run["ambiguous"] is True
+    assert "interrupted mid-run" in run["last_error"]
+    with worker_process(settings):
+        [run] = await until_all(client, event_ids, "succeeded")
+    assert len(sandbox.runs()) == 2
