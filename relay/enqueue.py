@@ -64,6 +64,11 @@ class StoredEvent:
     dead_letters: list[RunOutcome]
 
 
+def _meta(record: EventRecord, run: PlannedRun | UnmappedRun) -> dict[str, str]:
+    """What dashboards and ``relay dlq`` filter on, in every job of the relay."""
+    return {"source": record.source, "route": run.route, "phlo_id": run.phlo_id, "event_id": record.event_id}
+
+
 def run_job_data(
     settings: Settings, record: EventRecord, run: PlannedRun, policy: RetryPolicy
 ) -> EnqueueData:
@@ -87,7 +92,7 @@ def run_job_data(
         # own retry of a run whose worker died mid-job.
         retry=Retry(max=policy.attempts - 1) if policy.attempts > 1 else None,
         on_failure=Callback(ON_FAILURE_FUNC),
-        meta={"source": record.source, "route": run.route, "phlo_id": run.phlo_id},
+        meta=_meta(record, run),
     )
 
 
@@ -108,9 +113,11 @@ def dead_letter_unmapped(
         serializer=JSONSerializer,
         failure_ttl=settings.dead_letter_ttl_s,
         status=JobStatus.FAILED,
+        meta=_meta(record, failure),
     )
     reason = f"MappingError: route {failure.route!r}: {failure.reason}"
     registry = FailedJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
+    job.save(pipeline=pipe)  # registry.add saves the job without its meta
     registry.add(job, ttl=settings.dead_letter_ttl_s, exc_string=reason, pipeline=pipe)
     Result.create_failure(job, settings.dead_letter_ttl_s, reason, pipeline=pipe)
 

@@ -214,4 +214,7 @@ def create_app(
     app.cleanup_ctx.append(connections)
     app.router.add_post(r"/hooks/{source}", receive_hook)
     app.router.add_get(r"/events/{event_id}", show_event)
+    from relay.admin import add_admin_routes  # here: relay.admin imports this module
+
+    add_admin_routes(app, settings)
     return app

@@ -1,0 +1,160 @@
+"""The admin API of the ingress: dead letters over HTTP, behind ``Authorization: Bearer <RELAY_ADMIN_TOKEN>``.
+
+Without ``RELAY_ADMIN_TOKEN`` the routes are not registered, so ``/admin/...`` answers 404 like any unknown
+path. A replay maps events with the config this ingress loaded at start: restart it after fixing the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import ValidationError
+
+from relay.deadletters import (
+    DeadLetterFilter,
+    Target,
+    list_dead_letters,
+    purge,
+    show_dead_letter,
+)
+from relay.errors import DeadLetterError
+from relay.ingress import CONFIG, REDIS, SETTINGS, error_response, in_thread
+from relay.replay import replay_many
+from relay.settings import Settings
+
+log = logging.getLogger(__name__)
+REALM = 'Bearer realm="phlo-relay admin"'
+BODY_HELP = (
+    'the body must be one of {"job_ids": ["..."]}, {"filter": {"source": "...", ...}} or {"all": true}'
+)
+
+
+def _digest(token: str) -> bytes:
+    # Comparing digests keeps the comparison constant-time whatever the length of what was sent.
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _guarded(handler: Handler, expected: bytes) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            response = error_response(
+                401,
+                "unauthorized",
+                "the admin API needs the header Authorization: Bearer <RELAY_ADMIN_TOKEN>",
+            )
+            response.headers["WWW-Authenticate"] = REALM
+            return response
+        if not hmac.compare_digest(_digest(given.strip()), expected):
+            log.warning("admin API: wrong bearer token from %s", request.remote)
+            response = error_response(401, "unauthorized", "the bearer token is not the admin token")
+            response.headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token"'
+            return response
+        return await handler(request)
+
+    return guarded
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, error['loc'])) or 'filter'}: {error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors(include_url=False, include_input=False)
+    )
+
+
+def _filter(fields: dict[str, Any]) -> DeadLetterFilter:
+    try:
+        return DeadLetterFilter.model_validate(fields)
+    except ValidationError as exc:
+        raise web.HTTPBadRequest(text=f"invalid filter: {_problems(exc)}") from None
+
+
+async def _target(request: web.Request) -> Target:
+    """The dead letters a replay or purge request names; 400 for anything but the three shapes."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"not JSON: {BODY_HELP}") from None
+    if not isinstance(body, dict) or len(body) != 1:
+        raise web.HTTPBadRequest(text=BODY_HELP)
+    [(key, value)] = body.items()
+    if key == "all" and value is True:
+        return DeadLetterFilter()
+    if (
+        key == "job_ids"
+        and isinstance(value, list)
+        and value
+        and all(isinstance(v, str) and v for v in value)
+    ):
+        return [str(job_id) for job_id in value]
+    if key == "filter" and isinstance(value, dict):
+        selected = _filter(value)
+        if selected.is_empty():
+            raise web.HTTPBadRequest(text='an empty filter selects every dead letter: send {"all": true}')
+        return selected
+    raise web.HTTPBadRequest(text=BODY_HELP)
+
+
+async def list_letters(request: web.Request) -> web.Response:
+    """``GET /admin/dead-letters?source=&route=&phlo_id=&reason=&since=&until=&limit=``: newest first."""
+    query = dict(request.query)
+    raw_limit = query.pop("limit", None)
+    selected = _filter(query)
+    limit = None
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or int(raw_limit) < 1:
+            raise web.HTTPBadRequest(text="limit must be a positive integer")
+        limit = int(raw_limit)
+    app = request.app
+    letters = await in_thread(request, list_dead_letters, app[REDIS], app[SETTINGS], selected, limit)
+    return web.json_response(
+        {"count": len(letters), "dead_letters": [letter.model_dump(mode="json") for letter in letters]}
+    )
+
+
+async def show_letter(request: web.Request) -> web.Response:
+    """``GET /admin/dead-letters/{job_id}``: the letter, its job's kwargs, its run with history, its event."""
+    app, job_id = request.app, request.match_info["job_id"]
+    try:
+        detail = await in_thread(request, show_dead_letter, app[REDIS], app[SETTINGS], job_id)
+    except DeadLetterError as exc:
+        return error_response(404, "unknown_dead_letter", str(exc))
+    return web.json_response(detail)
+
+
+async def replay_letters(request: web.Request) -> web.Response:
+    """``POST /admin/dead-letters/replay``: map again with the current config and queue; one result each."""
+    target, app = await _target(request), request.app
+    results = await in_thread(request, replay_many, app[REDIS], app[SETTINGS], app[CONFIG], target)
+    replayed = sum(result.replayed for result in results)
+    return web.json_response(
+        {
+            "replayed": replayed,
+            "not_replayed": len(results) - replayed,
+            "results": [result.model_dump(mode="json") for result in results],
+        }
+    )
+
+
+async def purge_letters(request: web.Request) -> web.Response:
+    """``POST /admin/dead-letters/purge``: delete them for good (run outcomes stay, noting the purge)."""
+    target, app = await _target(request), request.app
+    purged = await in_thread(request, purge, app[REDIS], app[SETTINGS], target)
+    return web.json_response({"purged": purged})
+
+
+def add_admin_routes(app: web.Application, settings: Settings) -> None:
+    """Register the admin API on the ingress app when RELAY_ADMIN_TOKEN is set (and not empty)."""
+    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
+    if not token.strip():
+        return
+    expected = _digest(token.strip())
+    app.router.add_get("/admin/dead-letters", _guarded(list_letters, expected))
+    app.router.add_post("/admin/dead-letters/replay", _guarded(replay_letters, expected))
+    app.router.add_post("/admin/dead-letters/purge", _guarded(purge_letters, expected))
+    app.router.add_get("/admin/dead-letters/{job_id}", _guarded(show_letter, expected))
