@@ -10,9 +10,13 @@ The data path, one module a step, in the order a webhook travels:
 5. ``config``    the mapping config: sources and routes, validated with pydantic
 6. ``mapping``   event document to PHLO runs (JMESPath conditions and payloads)
 7. ``enqueue``   runs stored as RQ jobs with the event's record and duplicate claim, in one transaction
-8. ``worker``    the RQ job that delivers one run, and the worker processes
+8. ``delivery``  the RQ job that delivers one run: breaker (``breaker``), rate limit (``ratelimit``),
+                 then the runner; ``worker`` runs the worker processes
 9. ``runner``    the client of Plivo's PHLO runner
-10. ``outcome``  event and run records: queued, running, succeeded, failed, dead-lettered
+10. ``outcome``  event and run records with each run's history: queued, waiting, running, succeeded,
+                 failed, dead-lettered
+11. ``retry``    when a failed run is tried again: backoff with full jitter, Retry-After, attempts and age
+12. ``deadletters`` / ``replay``  list, show, purge and replay dead letters (``relay dlq``, ``admin`` API)
 
 Around it: ``settings``, ``errors``, ``keys``; the ``sandbox`` runner, ``serving``, ``redis_server`` and
 ``dev`` for running it all on one machine; and ``cli``.

@@ -146,8 +146,16 @@ class _Delivery:
         )
 
     def interrupted(self, reason: str) -> None:
-        """The attempt was cut short (shutdown, crash, timeout) while its request may have been out."""
+        """The attempt was cut short (shutdown, crash, timeout) while its request may have been out.
+
+        It is tried again at once, even after its last attempt: once, so that a run which keeps killing
+        its worker still ends as a dead letter.
+        """
         now = time.time()
+        made = self.run.attempts - self.policy.attempts_before
+        if made > self.policy.attempts or now > self.policy.deadline_at:
+            self.give_up(f"{reason}; no attempts left", ambiguous=True)
+            return
         self._schedule(0)
         step = Step(at=now, status=RunStatus.FAILED, attempt=self.run.attempts, error=reason, retry_in_s=0)
         self.save(step, status=RunStatus.FAILED, last_error=reason, ambiguous=True, next_attempt_at=now)
