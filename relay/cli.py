@@ -62,20 +62,6 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _events_show(settings: Settings, args: argparse.Namespace) -> int:
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
-    try:
-        view = outcome.read_event(redis, args.event_id)
-    except RedisError as exc:
-        print(f"error: Redis at {settings.redis_url} did not answer: {type(exc).__name__}", file=sys.stderr)
-        return 1
-    if view is None:
-        print(f"error: no event {args.event_id!r} (never received, or expired)", file=sys.stderr)
-        return 1
-    print(json.dumps(view.model_dump(mode="json"), indent=2))
-    return 0
-
-
 def _sandbox(settings: Settings, args: argparse.Namespace) -> int:
     from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, serve_sandbox
 
@@ -122,10 +108,10 @@ def _dlq_target(args: argparse.Namespace, verb: str) -> Target | None:
     return list(args.job_ids) if args.job_ids else selected
 
 
-def _dlq(
+def _with_redis(
     run: Callable[[Redis, Settings, argparse.Namespace], int],
 ) -> Callable[[Settings, argparse.Namespace], int]:
-    """A ``relay dlq`` handler with a Redis connection: exit 1 when Redis or the operation fails."""
+    """A handler with a Redis connection: exit 1 when Redis or the operation fails."""
 
     def handler(settings: Settings, args: argparse.Namespace) -> int:
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=30)
@@ -147,7 +133,17 @@ def _when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-@_dlq
+@_with_redis
+def _events_show(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
+    view = outcome.read_event(redis, args.event_id)
+    if view is None:
+        print(f"error: no event {args.event_id!r} (never received, or expired)", file=sys.stderr)
+        return 1
+    print(json.dumps(view.model_dump(mode="json"), indent=2))
+    return 0
+
+
+@_with_redis
 def _dlq_list(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
     letters = list_dead_letters(redis, settings, _dlq_filter(args), args.limit)
     if args.json:
@@ -163,7 +159,7 @@ def _dlq_list(redis: Redis, settings: Settings, args: argparse.Namespace) -> int
     return 0
 
 
-@_dlq
+@_with_redis
 def _dlq_show(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
     print(json.dumps(show_dead_letter(redis, settings, args.job_id), indent=2))
     return 0
@@ -186,7 +182,7 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{replayed} of {len(results)} dead letter(s) replayed")
         return 0 if replayed == len(results) else 1
 
-    return _dlq(run)(settings, args)
+    return _with_redis(run)(settings, args)
 
 
 def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
@@ -205,7 +201,7 @@ def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
             return 1
         return 0
 
-    return _dlq(run)(settings, args)
+    return _with_redis(run)(settings, args)
 
 
 def _add_dlq_filters(parser: argparse.ArgumentParser) -> None:

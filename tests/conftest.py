@@ -120,13 +120,18 @@ class Sandbox:
         self.http.delete("/_sandbox/faults").raise_for_status()
 
 
-@pytest.fixture
-def sandbox(sandbox_server: SandboxThread) -> Iterator[Sandbox]:
-    handle = Sandbox(sandbox_server.url)
+def sandbox_handle(server: SandboxThread) -> Iterator[Sandbox]:
+    """A test's handle on a sandbox: no runs or faults before the test, none left after it."""
+    handle = Sandbox(server.url)
     handle.reset()
     yield handle
     handle.reset()
     handle.http.close()
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxThread) -> Iterator[Sandbox]:
+    yield from sandbox_handle(sandbox_server)
 
 
 @pytest.fixture

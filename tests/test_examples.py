@@ -33,7 +33,7 @@ from relay.ingress import create_app
 from relay.redis_server import EmbeddedRedis
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
 from relay.settings import Settings, load_settings
-from tests.conftest import Sandbox, assert_sdk_request, clean_environment, drain_queue
+from tests.conftest import Sandbox, assert_sdk_request, clean_environment, drain_queue, sandbox_handle
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "config" / "examples"
@@ -568,11 +568,7 @@ def any_phlo_sandbox() -> Iterator[SandboxThread]:
 
 @pytest.fixture
 def runner(any_phlo_sandbox: SandboxThread) -> Iterator[Sandbox]:
-    handle = Sandbox(any_phlo_sandbox.url)
-    handle.reset()
-    yield handle
-    handle.reset()
-    handle.http.close()
+    yield from sandbox_handle(any_phlo_sandbox)
 
 
 @dataclass
