@@ -62,6 +62,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except IngressRefused as exc:
+        # The reason is safe to log: refusals never carry a secret or an expected signature.
+        log.warning(
+            "refused %s %s: %s %s: %s", request.method, request.path, exc.status, exc.code, exc.message
+        )
         return error_response(exc.status, exc.code, exc.message)
     except (RedisUnavailable, RedisError) as exc:
         log.error("Redis unavailable: %s", exc)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -248,19 +249,28 @@ async def test_github_ping_is_answered_without_routing_and_the_form_payload_is_t
     assert_sdk_request(run, KNOWN_PHLO, {"title": "Call me"})
 
 
-async def test_a_request_that_fails_verification_is_401_and_stores_nothing(client: Any, redis: Redis) -> None:
+async def test_a_request_that_fails_verification_is_401_logged_and_stores_nothing(
+    client: Any, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     body = b'{"action": "opened"}'
     headers = {
         "X-Hub-Signature-256": "sha256=" + "0" * 64,
         "X-GitHub-Event": "issues",
         "Content-Type": "application/json",
     }
-    response = await client.post("/hooks/github", data=body, headers=headers)
+    with caplog.at_level(logging.WARNING, logger="relay.ingress"):
+        response = await client.post("/hooks/github", data=body, headers=headers)
     assert response.status == 401
     reason = await response.json()
     assert reason["error"] == "verification_failed"
     assert reason["message"]
     assert redis.dbsize() == 0
+    # The operator's log says why, and neither it nor the answer shows the secret or the right signature.
+    [line] = [record.getMessage() for record in caplog.records if "refused" in record.getMessage()]
+    assert "/hooks/github" in line and reason["message"] in line
+    expected = hmac.new(GITHUB_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    for text in (line, json.dumps(reason)):
+        assert GITHUB_SECRET not in text and expected not in text
 
 
 async def test_twilio_messaging_webhooks_get_empty_twiml(
