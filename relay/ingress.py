@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from redis import ConnectionPool, Redis
+from redis import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from relay import outcome
@@ -206,8 +206,14 @@ def create_app(
     )
 
     async def connections(app: web.Application) -> AsyncIterator[None]:
-        pool = ConnectionPool.from_url(
-            settings.redis_url, max_connections=REDIS_THREADS, socket_connect_timeout=2, socket_timeout=5
+        # A store holds its WATCHed connection while RQ may take a second one from the client, so each
+        # thread can need two; a blocking pool waits for a free one instead of failing the request.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=2 * REDIS_THREADS,
+            timeout=5,
+            socket_connect_timeout=2,
+            socket_timeout=5,
         )
         app[REDIS] = Redis(connection_pool=pool)
         app[EXECUTOR] = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="relay-redis")

@@ -325,3 +325,21 @@ async def test_concurrent_repeats_on_two_ingress_processes_make_one_set_of_runs(
     assert len({body["event_id"] for body in bodies}) == 1
     assert sorted(body["status"] for body in bodies) == ["accepted"] + ["duplicate"] * 39
     assert queued(redis, settings) == 1
+
+
+async def test_a_burst_of_concurrent_events_is_all_stored(
+    client: Any, settings: Settings, redis: Redis
+) -> None:
+    # Each store holds a WATCHed connection while RQ takes another: the pool must not run dry under load.
+    async def post(number: int) -> int:
+        tally = {
+            "eventId": f"burst-{number}",
+            "eventType": "FORM_RESPONSE",
+            "data": {"phone": "+14155550123"},
+        }
+        response = await client.post("/hooks/tally", json=tally)
+        return int(response.status)
+
+    statuses = await asyncio.gather(*(post(number) for number in range(300)))
+    assert statuses == [202] * 300
+    assert queued(redis, settings) == 300
