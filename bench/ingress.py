@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -76,12 +77,13 @@ async def drive(url: str, requests: int, concurrency: int) -> dict[str, float]:
     """Send ``requests`` POSTs with ``concurrency`` senders; every answer must be 202."""
     latencies_ms: list[float] = []
     remaining = iter(range(requests))
+    run = uuid.uuid4().hex[:8]  # event ids unique across runs: a repeat would be answered as a duplicate
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def sender() -> None:
             for number in remaining:
-                body = json.dumps({**BODY, "submission_id": f"sub-{number}"}).encode()
+                body = json.dumps({**BODY, "submission_id": f"sub-{run}-{number}"}).encode()
                 started = time.perf_counter()
                 async with session.post(
                     url, data=body, headers={"Content-Type": "application/json"}
