@@ -51,18 +51,8 @@ def _admit(context: WorkerContext, account: str, credentials: PlivoAccount) -> N
     max_wait_s = (
         settings.job_timeout_s - settings.runner_connect_timeout_s - settings.runner_read_timeout_s - 2
     )
-    rate_limit = context.rate_limit(account, credentials)
-    while True:
-        reservation = rate_limit.reserve(max_wait_s=max(max_wait_s, 0.0))
-        if reservation is None:
-            raise DeliveryPaused(
-                f"rate limit of account {account!r} is taken for the next {max_wait_s:.0f} s", 1
-            )
-        if reservation.wait_s > 0:
-            time.sleep(reservation.wait_s)
-        if not rate_limit.too_late(reservation):
-            return
-        rate_limit.release(reservation)  # woke too late to keep the window: take a new turn
+    if not context.rate_limit(account, credentials).wait_turn(max_wait_s=max(max_wait_s, 0.0)):
+        raise DeliveryPaused(f"rate limit of account {account!r} is taken for the next {max_wait_s:.0f} s", 1)
 
 
 @dataclass

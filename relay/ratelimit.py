@@ -10,15 +10,8 @@ with skewed clocks agree::
 so no span of ``window_s + margin_s`` seconds ever holds more than ``limit`` reservations, whatever the
 order in which they were made or released. Reservations may lie in the future: the log holds them.
 
-The caller's contract::
-
-    reservation = limiter.reserve(max_wait_s=...)
-    if reservation is None: ...              # no slot soon enough: retry later, nothing was reserved
-    time.sleep(reservation.wait_s)
-    if limiter.too_late(reservation):        # late by more than margin_s / 2: the slot is no good
-        limiter.release(reservation)         # give it back and reserve again
-    else:
-        send(); limiter.confirm(reservation) # confirm is optional
+``wait_turn`` keeps the caller's side of the bargain: it reserves, sleeps until the slot, and when it wakes
+more than ``margin_s / 2`` late it gives the slot back and reserves again.
 
 A late sender can break the window: the next reservations were placed assuming this request leaves at
 its slot, ``window_s + margin_s`` before theirs. Sent ``d`` seconds late, it is only
@@ -63,23 +56,6 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(last[2]) - now + span) / 1000
 return {1, slot, now}
 """
 
-# KEYS[1]: the log. ARGV: span µs, member. Moves the member's score to now if that is later.
-_CONFIRM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if not score or tonumber(score) >= now then
-    return 0
-end
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-local last = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local ttl = math.ceil((tonumber(last[2]) - now + tonumber(ARGV[1])) / 1000) + 1
-if redis.call('PTTL', KEYS[1]) < ttl then
-    redis.call('PEXPIRE', KEYS[1], ttl)
-end
-return 1
-"""
-
 
 @dataclass(frozen=True)
 class Reservation:
@@ -115,7 +91,6 @@ class AccountRateLimit:
         self.key = keys.rate_key(account)
         self._span_us = round((window_s + margin_s) * _US)
         self._reserve = redis.register_script(_RESERVE)
-        self._confirm = redis.register_script(_CONFIRM)
 
     def reserve(self, max_wait_s: float) -> Reservation | None:
         """Reserve the earliest free slot; None, reserving nothing, if it is more than ``max_wait_s`` away."""
@@ -139,6 +114,14 @@ class AccountRateLimit:
         """Give a slot back: its request was not sent after all."""
         self.redis.zrem(self.key, reservation.slot_id)
 
-    def confirm(self, reservation: Reservation) -> None:
-        """Record the actual send time (Redis's now) if later than the slot; never moves it earlier."""
-        self._confirm(keys=[self.key], args=[self._span_us, reservation.slot_id])
+    def wait_turn(self, max_wait_s: float) -> bool:
+        """Sleep until one request may go; False, reserving nothing, if that is over ``max_wait_s`` away."""
+        while True:
+            reservation = self.reserve(max_wait_s)
+            if reservation is None:
+                return False
+            if reservation.wait_s > 0:
+                time.sleep(reservation.wait_s)
+            if not self.too_late(reservation):
+                return True
+            self.release(reservation)  # woke too late to keep the window: take a new turn
