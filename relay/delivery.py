@@ -105,16 +105,23 @@ class _Delivery:
     def start(self) -> None:
         self.save(status=RunStatus.RUNNING, attempts=self.run.attempts + 1, next_attempt_at=None)
 
-    def failed(self, error: str, *, permanent: bool, http_status: int | None = None, **extra: Any) -> None:
+    def failed(
+        self,
+        error: str,
+        *,
+        permanent: bool,
+        http_status: int | None,
+        retry_after_s: float | None,
+        ambiguous: bool,
+    ) -> None:
         """Record a failed attempt; schedule the retry, or dead-letter the run."""
         now = time.time()
-        retry_after_s = extra.pop("retry_after_s", None)
         if permanent:
             delay_s, why = None, "the runner refused it; retrying cannot help"
         else:
             delay_s, why = retry_delay_s(self.policy, self.run.attempts, now, retry_after_s)
         if delay_s is None:
-            self.give_up(f"{error} ({why})", http_status=http_status, **extra)
+            self.give_up(f"{error} ({why})", http_status=http_status, ambiguous=ambiguous)
             return
         self._schedule(delay_s)
         step = Step(
@@ -126,7 +133,7 @@ class _Delivery:
             retry_in_s=round(delay_s, 1),
         )
         self.save(step, status=RunStatus.FAILED, last_error=error, http_status=http_status,
-                  next_attempt_at=now + delay_s, **extra)  # fmt: skip
+                  next_attempt_at=now + delay_s, ambiguous=ambiguous)  # fmt: skip
         log.info(
             "run %s attempt %d failed, retry in %.1f s: %s",
             self.run.job_id,
