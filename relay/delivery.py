@@ -173,6 +173,11 @@ class _Delivery:
         )
 
 
+def _job_policy(raw: dict[str, Any] | None, settings: Settings) -> RetryPolicy:
+    """The retry policy a job carries; a job queued without one gets the settings' policy from now."""
+    return RetryPolicy.from_job_kwarg(raw) if raw else RetryPolicy.resolve(settings, None, time.time())
+
+
 def deliver(
     event_id: str,
     route: str,
@@ -189,10 +194,7 @@ def deliver(
     run = outcome.read_run(context.redis, event_id, job_id) or RunOutcome(
         job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
     )
-    retry_policy = (
-        RetryPolicy.from_job_kwarg(policy) if policy else RetryPolicy.resolve(settings, None, time.time())
-    )
-    delivery = _Delivery(context.redis, settings, event_id, job, retry_policy, run)
+    delivery = _Delivery(context.redis, settings, event_id, job, _job_policy(policy, settings), run)
     credentials = settings.account(account)
     if credentials is None:
         delivery.give_up(f"no credentials for Plivo account {account!r}")
@@ -252,9 +254,9 @@ def on_failure(
     if run is None:
         return
     settings = current_context().settings
-    raw_policy = job.kwargs.get("policy")
-    policy = RetryPolicy.from_job_kwarg(raw_policy) if raw_policy else RetryPolicy.resolve(settings, None, 0)
-    delivery = _Delivery(connection, settings, event_id, job, policy, run)
+    delivery = _Delivery(
+        connection, settings, event_id, job, _job_policy(job.kwargs.get("policy"), settings), run
+    )
     if run.status is RunStatus.RUNNING:  # it died with the request possibly out
         delivery.interrupted("the worker died mid-run")
 
