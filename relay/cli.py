@@ -27,6 +27,7 @@ from relay.deadletters import (
     show_dead_letter,
 )
 from relay.errors import ConfigError, DeadLetterError, RelayError, SettingsError
+from relay.redis_client import connect
 from relay.replay import replay_many
 from relay.settings import Settings, load_settings, secret_environment
 from relay.verify import build_verifiers
@@ -114,7 +115,7 @@ def _with_redis(
     """A handler with a Redis connection: exit 1 when Redis or the operation fails."""
 
     def handler(settings: Settings, args: argparse.Namespace) -> int:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=30)
+        redis = connect(settings, socket_connect_timeout=3, socket_timeout=30)
         try:
             return run(redis, settings, args)
         except RedisError as exc:

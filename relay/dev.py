@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 from pydantic import SecretStr
-from redis import Redis
 from rq import Worker
 
 from relay.config import RelayConfig, load_config
 from relay.enqueue import relay_queue
 from relay.errors import RelayError
 from relay.ingress import create_app
+from relay.redis_client import connect, describe_redis
 from relay.redis_server import EmbeddedRedis
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, create_sandbox_app
 from relay.serving import start_site
@@ -42,7 +42,7 @@ def sample_curls(config: RelayConfig, config_path: Path, base_url: str) -> list[
 
 def wait_for_worker(settings: Settings, pid: int) -> None:
     """Return once the worker process is registered with RQ (listening on the queue)."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings)
     queue = relay_queue(redis, settings)
     deadline = time.monotonic() + WORKER_START_TIMEOUT_S
     try:
@@ -72,7 +72,7 @@ async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | No
     base_url = f"http://{settings.host}:{settings.port}"
     lines = [
         "",
-        f"phlo-relay is up: {base_url}  (Redis {settings.redis_url}, runner {settings.runner_url})",
+        f"phlo-relay is up: {base_url}  (Redis {describe_redis(settings)}, runner {settings.runner_url})",
         "Send a sample event:",
         *(f"  {curl}" for curl in sample_curls(config, settings.config_path, base_url)),
         f"Then see its outcome: curl -sS {base_url}/events/<event_id>",

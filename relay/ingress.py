@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from redis import BlockingConnectionPool, Redis
+from redis import Redis
 from redis.exceptions import RedisError
 
 from relay import outcome
@@ -29,6 +29,7 @@ from relay.mapping import map_event
 from relay.origin import client_ip, public_url
 from relay.outcome import EventStatus
 from relay.parse import parse_body
+from relay.redis_client import connect
 from relay.schemes import HookRequest
 from relay.settings import Settings, secret_environment
 from relay.verify import SourceVerifier, build_verifiers
@@ -208,18 +209,18 @@ def create_app(
     async def connections(app: web.Application) -> AsyncIterator[None]:
         # A store holds its WATCHed connection while RQ may take a second one from the client, so each
         # thread can need two; a blocking pool waits for a free one instead of failing the request.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url,
+        app[REDIS] = connect(
+            settings,
+            blocking_pool=True,
             max_connections=2 * REDIS_THREADS,
             timeout=5,
             socket_connect_timeout=2,
             socket_timeout=5,
         )
-        app[REDIS] = Redis(connection_pool=pool)
         app[EXECUTOR] = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="relay-redis")
         yield
         app[EXECUTOR].shutdown(wait=True)
-        pool.disconnect()
+        app[REDIS].close()
 
     app.cleanup_ctx.append(connections)
     app.router.add_post(r"/hooks/{source}", receive_hook)

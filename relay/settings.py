@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import pydantic_settings
 from dotenv import dotenv_values
@@ -44,7 +45,29 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="Redis holding queues and outcomes."
+        default="redis://127.0.0.1:6379/0",
+        # REDIS_URL is what Procfile platforms (Heroku and the like) set for an attached Redis.
+        validation_alias=AliasChoices("RELAY_REDIS_URL", "REDIS_URL"),
+        repr=False,  # it may hold a password
+        description="Redis holding queues and outcomes: `redis://`, `rediss://` (TLS) or `unix://`.",
+    )
+    redis_tls_cert_reqs: Literal["required", "optional", "none"] = Field(
+        default="required",
+        description="Certificate check of a `rediss://` server; `none` for the self-signed certificates of "
+        "managed Redis on Procfile platforms.",
+    )
+    redis_tls_ca_file: Path | None = Field(default=None, description="CA bundle for a `rediss://` server.")
+    redis_tls_cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
+    redis_tls_key_file: Path | None = Field(default=None, description="Client certificate's key.")
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description="Redis Sentinel addresses (JSON list of `host:port`), with the sentinel master name.",
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None, description="The Sentinel service name of the Redis master."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="Password of the Sentinels themselves (the master's is in the URL)."
     )
     plivo_auth_id: str | None = Field(
         default=None,
@@ -130,7 +153,30 @@ class Settings(BaseSettings):
     dead_letter_ttl_s: int = Field(
         default=30 * 86400, ge=60, description="How long dead-lettered runs stay in RQ's failed registry."
     )
+    shutdown_grace_s: float = Field(
+        default=30.0, gt=0, description="After SIGTERM, the ingress exits within this (drain included)."
+    )
+    drain_delay_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="After SIGTERM, the ingress answers /readyz 503 but keeps serving this long, so that "
+        "the load balancer stops sending before it closes its port.",
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Directory shared by the processes of one host for Prometheus metrics "
+        "(prometheus_client multiprocess mode); unset: a private one per command.",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Port where `relay worker` serves /metrics; unset: none."
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="`json`: one object per line; `text`: readable (relay dev's default)."
+    )
+    log_mask_pii: bool = Field(
+        default=True, description="Mask phone numbers and e-mail addresses in log lines."
+    )
 
     def account(self, name: str) -> PlivoAccount | None:
         """The credentials of the named account (``default`` is the PLIVO_AUTH_* pair), or None."""
@@ -158,8 +204,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            elif field == "trusted_proxies":
-                value = json.dumps([str(network) for network in value])
+            elif isinstance(value, list):  # trusted_proxies, redis_sentinels: JSON, as they are read
+                value = json.dumps([str(item) for item in value])
             elif field == "accounts":
                 value = json.dumps(
                     {

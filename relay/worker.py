@@ -20,6 +20,7 @@ from rq.worker_pool import WorkerPool
 from relay.breaker import CircuitBreaker
 from relay.enqueue import relay_queue
 from relay.ratelimit import AccountRateLimit
+from relay.redis_client import connect
 from relay.runner import RunnerClient
 from relay.settings import PlivoAccount, Settings, load_settings
 
@@ -45,7 +46,7 @@ class WorkerContext:
             connect_timeout_s=settings.runner_connect_timeout_s,
             read_timeout_s=settings.runner_read_timeout_s,
         )
-        return cls(settings=settings, redis=Redis.from_url(settings.redis_url), runner=runner)
+        return cls(settings=settings, redis=connect(settings), runner=runner)
 
     def breaker(self, account: str) -> CircuitBreaker:
         """The account's circuit breaker (its state lives in Redis)."""
@@ -113,7 +114,7 @@ class RelayWorker(SimpleWorker):
 
 def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) -> None:
     """Run RQ worker processes for the relay's queue until stopped (or, with ``burst``, until it is empty)."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings)
     queue = relay_queue(redis, settings)
     if processes > 1:
         # Each forked worker builds its own context (and connection pool) on its first job.

@@ -161,7 +161,11 @@ def settings(
 
 def clean_environment(**extra: str) -> dict[str, str]:
     """The environment of a child process without any relay or Plivo variable of this machine."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("RELAY_", "PLIVO_"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("RELAY_", "PLIVO_")) and key not in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
+    }
     return {**env, **extra}
 
 

@@ -22,7 +22,7 @@ EU_TOKEN = "tok-eu-5b9d7a60"
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No PLIVO_* / RELAY_* variable of this machine, and a cwd without .env, in any test."""
     for key in list(os.environ):
-        if key.upper().startswith(("PLIVO_", "RELAY_")):
+        if key.upper().startswith(("PLIVO_", "RELAY_")) or key.upper() == "REDIS_URL":
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     yield
