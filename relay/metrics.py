@@ -1,0 +1,151 @@
+"""Prometheus metrics: what every ingress and worker process counts, and the queue's state read from Redis.
+
+Counters and histograms are per process. Processes of one host share them through prometheus_client's
+multiprocess mode (``RELAY_METRICS_DIR``): a scrape of any of them sums all, the dead ones included, so
+``relay serve --processes N`` and ``relay worker --processes N`` report one set of figures. The queue's
+depths and ages, the workers and the circuit breakers live in Redis, so they are read at scrape time and are
+the same whichever process is scraped (``max()`` them across instances, do not ``sum()`` them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+UNKNOWN_SOURCE = "_unknown"  # refusals of sources not in the config: senders choose those names
+
+# Read from Redis at scrape time (relay.metrics_state); listed here so that every name is in one place.
+QUEUE_RUNS = "relay_queue_runs"
+QUEUE_OLDEST_AGE = "relay_queue_oldest_run_age_seconds"
+WORKERS = "relay_workers"
+BREAKER_STATE = "relay_circuit_breaker_state"
+REDIS_UP = "relay_redis_up"
+
+
+def use_directory(directory: Path) -> None:
+    """Count in prometheus_client's multiprocess mode, in ``directory``, from now on in this process.
+
+    Call before any metric is made. prometheus_client reads ``PROMETHEUS_MULTIPROC_DIR`` once, when it is
+    imported; setting its value class again is how its own tests switch modes.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def multiprocess_directory() -> Path | None:
+    """The multiprocess directory in use, or None when this process counts on its own."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(path) if path else None
+
+
+class RelayMetrics:
+    """The relay's counters and histograms, registered in ``registry`` (one per app or worker context)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events_received = Counter(
+            "relay_events_received",
+            "Webhook events by source and result (accepted, duplicate, ignored, ping, refused: see reason).",
+            ["source", "result", "reason"],
+            registry=r,
+        )
+        self.ingress_latency = Histogram(
+            "relay_ingress_request_duration_seconds",
+            "Time from a webhook's arrival to its answer, by source.",
+            ["source"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.runs_enqueued = Counter(
+            "relay_runs_enqueued", "PHLO runs queued by the ingress, by route.", ["route"], registry=r
+        )
+        self.runs = Counter(
+            "relay_runs",
+            "Delivery attempts' outcomes by route: succeeded, retried, waiting, dead_lettered.",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.runner_latency = Histogram(
+            "relay_runner_request_duration_seconds",
+            "PHLO runner requests by account and answer (2xx, 4xx, 5xx, timeout, unreachable).",
+            ["account", "status"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.retries = Counter(
+            "relay_run_retries",
+            "Retries scheduled, by route and reason (http_<status>, timeout, unreachable, interrupted).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "relay_dead_letters",
+            "Runs dead-lettered, by route and reason (rejected, attempts, max_age, unmappable, credentials).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.rate_limit_waits = Counter(
+            "relay_rate_limit_waits",
+            "Runs that waited for their account's rate limit, by result (waited, rescheduled).",
+            ["account", "result"],
+            registry=r,
+        )
+        self.rate_limit_wait = Histogram(
+            "relay_rate_limit_wait_seconds",
+            "How long runs waited for their account's rate limit.",
+            ["account"],
+            buckets=WAIT_BUCKETS_S,
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "relay_circuit_breaker_transitions",
+            "Circuit breaker changes by account and new state (open, half_open, closed).",
+            ["account", "state"],
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "relay_run_end_to_end_seconds",
+            "From a webhook's arrival to its run's success at the runner, by route.",
+            ["route"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0),
+            registry=r,
+        )
+
+
+def process_registry(metrics: RelayMetrics) -> CollectorRegistry:
+    """What a scrape of this process shows of counters: every process of the directory, or just this one."""
+    directory = multiprocess_directory()
+    if directory is None:
+        return metrics.registry
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return registry
+
+
+METRIC_NAMES = frozenset(
+    {
+        "relay_events_received_total",
+        "relay_ingress_request_duration_seconds",
+        "relay_runs_enqueued_total",
+        "relay_runs_total",
+        "relay_runner_request_duration_seconds",
+        "relay_run_retries_total",
+        "relay_dead_letters_total",
+        "relay_rate_limit_waits_total",
+        "relay_rate_limit_wait_seconds",
+        "relay_circuit_breaker_transitions_total",
+        "relay_run_end_to_end_seconds",
+        QUEUE_RUNS,
+        QUEUE_OLDEST_AGE,
+        WORKERS,
+        BREAKER_STATE,
+        REDIS_UP,
+    }
+)
