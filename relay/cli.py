@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from redis import Redis
 from redis.exceptions import RedisError
 
-from relay import __version__, outcome
+from relay import __version__, metrics, outcome
 from relay.config import load_config
 from relay.deadletters import (
     DeadLetterFilter,
@@ -30,17 +29,27 @@ from relay.errors import ConfigError, DeadLetterError, RelayError, SettingsError
 from relay.redis_client import connect
 from relay.replay import replay_many
 from relay.settings import Settings, load_settings, secret_environment
+from relay.supervisor import Child, supervise
 from relay.verify import build_verifiers
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from relay.ingress import create_app
+    from relay.serve import serve_ingress
 
     config = load_config(settings.config_path, settings.account_names())
-    web.run_app(
-        create_app(settings, config), host=args.host or settings.host, port=args.port or settings.port
-    )
-    return 0
+    host, port = args.host or settings.host, settings.port if args.port is None else args.port
+    metrics.prepare_directory(settings.metrics_dir, processes=args.processes)
+    if args.processes == 1:
+        asyncio.run(serve_ingress(settings, config, host=host, port=port))
+        return 0
+    if port == 0:
+        raise SettingsError("--processes needs a fixed port: each process binds it (SO_REUSEPORT)")
+
+    def one() -> None:
+        asyncio.run(serve_ingress(settings, config, host=host, port=port, reuse_port=True))
+
+    children = [Child(f"ingress-{number}", one) for number in range(1, args.processes + 1)]
+    return supervise(children, stop_timeout_s=settings.shutdown_grace_s + 5)
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -51,8 +60,8 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     if without_credentials:
         names = ", ".join(without_credentials)
         raise SettingsError(f"PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN are not set; routes {names} need them")
-    run_workers(settings, processes=args.processes, burst=args.burst)
-    return 0
+    metrics.prepare_directory(settings.metrics_dir, processes=args.processes)
+    return run_workers(settings, processes=args.processes, burst=args.burst)
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
@@ -78,6 +87,8 @@ def _sandbox(settings: Settings, args: argparse.Namespace) -> int:
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from relay.dev import run_dev
 
+    # The ingress runs here and the worker in a child: one metrics directory shows both on /metrics.
+    metrics.prepare_directory(settings.metrics_dir, processes=2)
     return run_dev(settings, data_dir=Path(args.data_dir), sandbox_port=args.sandbox_port)
 
 
@@ -257,10 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the ingress (POST /hooks/{source})")
     serve.add_argument("--host", help="bind address (default: RELAY_HOST)")
     serve.add_argument("--port", type=int, help="port (default: RELAY_PORT)")
+    serve.add_argument(
+        "--processes", type=_positive, default=1, help="ingress processes on the port (default 1)"
+    )
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser("worker", help="run RQ workers that deliver PHLO runs")
-    worker.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--processes", type=_positive, default=1, help="worker processes (default 1)")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(handler=_worker)
 

@@ -21,12 +21,12 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from relay import keys, outcome
-from relay.enqueue import WATCH_ATTEMPTS
 from relay.errors import DeadLetterError
 from relay.outcome import EventRecord, RunOutcome, Step
 from relay.settings import Settings
 
 REASON_CHARS = 500
+WATCH_ATTEMPTS = 5  # a WATCHed transaction that keeps conflicting is given up after this many tries
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

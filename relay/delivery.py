@@ -22,7 +22,6 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
 from relay import outcome
-from relay.enqueue import DELIVER_FUNC, job_id_for
 from relay.errors import (
     DeliveryPaused,
     MappingError,
@@ -31,6 +30,8 @@ from relay.errors import (
     RunnerUnreachable,
     SettingsError,
 )
+from relay.jobs import DELIVER_FUNC, job_id_for
+from relay.metrics import RelayMetrics
 from relay.outcome import RunOutcome, RunStatus, Step
 from relay.retry import RetryPolicy, retry_delay_s
 from relay.runner import RunResult
@@ -40,19 +41,30 @@ from relay.worker import WorkerContext, current_context
 log = logging.getLogger(__name__)
 
 
-def _admit(context: WorkerContext, account: str, credentials: PlivoAccount) -> None:
-    """Wait for the account's turn, or raise DeliveryPaused when the breaker is open or the wait too long."""
+def _admit(context: WorkerContext, account: str, credentials: PlivoAccount) -> bool:
+    """Wait for the account's turn, or raise DeliveryPaused when the breaker is open or the wait too long.
+
+    True when this run is the breaker's probe.
+    """
     state = context.breaker(account).allow()
     if state.state == "open":
         delay_s = max((state.retry_at or time.time()) - time.time(), 0.0)
         raise DeliveryPaused(f"circuit breaker of account {account!r} is open", delay_s + 1)
+    if state.state == "half_open":
+        context.metrics.breaker_transitions.labels(account, "half_open").inc()
     settings = context.settings
     # The wait must leave the request its whole connect and read time within the job's timeout.
     max_wait_s = (
         settings.job_timeout_s - settings.runner_connect_timeout_s - settings.runner_read_timeout_s - 2
     )
-    if not context.rate_limit(account, credentials).wait_turn(max_wait_s=max(max_wait_s, 0.0)):
+    waited_s = context.rate_limit(account, credentials).wait_turn(max_wait_s=max(max_wait_s, 0.0))
+    if waited_s is None:
+        context.metrics.rate_limit_waits.labels(account, "rescheduled").inc()
         raise DeliveryPaused(f"rate limit of account {account!r} is taken for the next {max_wait_s:.0f} s", 1)
+    if waited_s > 0:
+        context.metrics.rate_limit_waits.labels(account, "waited").inc()
+        context.metrics.rate_limit_wait.labels(account).observe(waited_s)
+    return state.state == "half_open"
 
 
 @dataclass
@@ -61,6 +73,7 @@ class _Delivery:
 
     redis: Redis
     settings: Settings
+    metrics: RelayMetrics
     event_id: str
     job: Job | None
     policy: RetryPolicy
@@ -90,14 +103,18 @@ class _Delivery:
     def pause(self, pause: DeliveryPaused) -> None:
         now = time.time()
         if now + pause.delay_s > self.policy.deadline_at:
-            self.give_up(f"{pause.reason}, and its maximum age would pass first")
+            self.give_up(f"{pause.reason}, and its maximum age would pass first", "max_age")
             return
         self._schedule(pause.delay_s)
+        self.metrics.runs.labels(self.run.route, "waiting").inc()
         step = Step(at=now, status=RunStatus.WAITING, note=pause.reason, retry_in_s=round(pause.delay_s, 1))
         self.save(step, status=RunStatus.WAITING, next_attempt_at=now + pause.delay_s)
 
-    def give_up(self, reason: str, **changes: Any) -> None:
+    def give_up(self, reason: str, why: str, **changes: Any) -> None:
+        """Dead-letter the run; ``why`` is the metrics' reason (rejected, attempts, max_age, ...)."""
         self._schedule(None)
+        self.metrics.runs.labels(self.run.route, "dead_lettered").inc()
+        self.metrics.dead_letters.labels(self.run.route, why).inc()
         step = Step(at=time.time(), status=RunStatus.DEAD_LETTERED, attempt=self.run.attempts, error=reason)
         self.save(step, status=RunStatus.DEAD_LETTERED, last_error=reason, next_attempt_at=None, **changes)
         log.warning("run %s dead-lettered: %s", self.run.job_id, reason)
@@ -121,9 +138,13 @@ class _Delivery:
         else:
             delay_s, why = retry_delay_s(self.policy, self.run.attempts, now, retry_after_s)
         if delay_s is None:
-            self.give_up(f"{error} ({why})", http_status=http_status, ambiguous=ambiguous)
+            reason = "rejected" if permanent else "attempts" if "attempts left" in why else "max_age"
+            self.give_up(f"{error} ({why})", reason, http_status=http_status, ambiguous=ambiguous)
             return
         self._schedule(delay_s)
+        self.metrics.runs.labels(self.run.route, "retried").inc()
+        retry_reason = f"http_{http_status}" if http_status else "timeout" if ambiguous else "unreachable"
+        self.metrics.retries.labels(self.run.route, retry_reason).inc()
         step = Step(
             at=now,
             status=RunStatus.FAILED,
@@ -151,14 +172,21 @@ class _Delivery:
         now = time.time()
         made = self.run.attempts - self.policy.attempts_before
         if made > self.policy.attempts or now > self.policy.deadline_at:
-            self.give_up(f"{reason}; no attempts left", ambiguous=True)
+            self.give_up(f"{reason}; no attempts left", "interrupted", ambiguous=True)
             return
         self._schedule(0)
+        self.metrics.runs.labels(self.run.route, "retried").inc()
+        self.metrics.retries.labels(self.run.route, "interrupted").inc()
         step = Step(at=now, status=RunStatus.FAILED, attempt=self.run.attempts, error=reason, retry_in_s=0)
         self.save(step, status=RunStatus.FAILED, last_error=reason, ambiguous=True, next_attempt_at=now)
         log.warning("run %s attempt %d %s; retried at once", self.run.job_id, self.run.attempts, reason)
 
     def succeeded(self, result: RunResult) -> None:
+        self.metrics.runs.labels(self.run.route, "succeeded").inc()
+        if self.job is not None and self.job.created_at is not None:  # the ingress made the job
+            self.metrics.end_to_end.labels(self.run.route).observe(
+                max(0.0, time.time() - self.job.created_at.timestamp())
+            )
         step = Step(
             at=time.time(), status=RunStatus.SUCCEEDED, attempt=self.run.attempts, http_status=result.status
         )
@@ -194,27 +222,36 @@ def deliver(
     run = outcome.read_run(context.redis, event_id, job_id) or RunOutcome(
         job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
     )
-    delivery = _Delivery(context.redis, settings, event_id, job, _job_policy(policy, settings), run)
+    delivery = _Delivery(
+        context.redis, settings, context.metrics, event_id, job, _job_policy(policy, settings), run
+    )
     credentials = settings.account(account)
     if credentials is None:
-        delivery.give_up(f"no credentials for Plivo account {account!r}")
+        delivery.give_up(f"no credentials for Plivo account {account!r}", "credentials")
         raise SettingsError(f"no credentials for Plivo account {account!r}")
     try:
-        _admit(context, account, credentials)
+        probe = _admit(context, account, credentials)
     except DeliveryPaused as pause:
         delivery.pause(pause)
         raise
     delivery.start()
+    started = time.perf_counter()
     try:
         result = context.runner.run(credentials, phlo_id, payload)
     except RunnerError as exc:
+        context.metrics.runner_latency.labels(account, _answer_class(exc)).observe(
+            time.perf_counter() - started
+        )
         _record_failure(context, delivery, account, exc)
         raise
     except BaseException as exc:
         # A cold shutdown (SystemExit) or RQ's job timeout while the request was out: the PHLO may have run.
         delivery.interrupted(f"interrupted mid-run ({type(exc).__name__})")
         raise
+    context.metrics.runner_latency.labels(account, "2xx").observe(time.perf_counter() - started)
     context.breaker(account).record_success()
+    if probe:
+        context.metrics.breaker_transitions.labels(account, "closed").inc()
     try:
         delivery.succeeded(result)
     except RedisError:
@@ -226,12 +263,19 @@ def deliver(
     return {"phlo_run_id": result.phlo_run_id, "message": result.message, "status": result.status}
 
 
+def _answer_class(exc: RunnerError) -> str:
+    """The runner latency histogram's label for a failed request."""
+    if isinstance(exc, RunnerRejected):
+        return f"{exc.status // 100}xx"
+    return "timeout" if isinstance(exc, RunnerUnreachable) and exc.ambiguous else "unreachable"
+
+
 def _record_failure(context: WorkerContext, delivery: _Delivery, account: str, exc: RunnerError) -> None:
     breaker = context.breaker(account)
     if exc.permanent:
         breaker.record_success()  # the runner answered: it is up, the request was wrong
-    else:
-        breaker.record_failure()
+    elif breaker.record_failure().state == "open":
+        context.metrics.breaker_transitions.labels(account, "open").inc()
     rejected = exc if isinstance(exc, RunnerRejected) else None
     delivery.failed(
         str(exc),
@@ -253,10 +297,9 @@ def on_failure(
     run = outcome.read_run(connection, event_id, job.id)
     if run is None:
         return
-    settings = current_context().settings
-    delivery = _Delivery(
-        connection, settings, event_id, job, _job_policy(job.kwargs.get("policy"), settings), run
-    )
+    context = current_context()
+    policy = _job_policy(job.kwargs.get("policy"), context.settings)
+    delivery = _Delivery(connection, context.settings, context.metrics, event_id, job, policy, run)
     if run.status is RunStatus.RUNNING:  # it died with the request possibly out
         delivery.interrupted("the worker died mid-run")
 

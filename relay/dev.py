@@ -15,9 +15,9 @@ from pydantic import SecretStr
 from rq import Worker
 
 from relay.config import RelayConfig, load_config
-from relay.enqueue import relay_queue
 from relay.errors import RelayError
 from relay.ingress import create_app
+from relay.jobs import relay_queue
 from relay.redis_client import connect, describe_redis
 from relay.redis_server import EmbeddedRedis
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, create_sandbox_app

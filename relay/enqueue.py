@@ -1,38 +1,70 @@
-"""Store a request's events: records, one RQ job per run, a dead letter per unmappable route, atomically.
+"""Store events in Redis: records, one RQ job per run, a dead letter per unmappable route, atomically.
 
-Everything goes through one MULTI/EXEC transaction, so the ingress answers 2xx only when all of it is in
-Redis, and a failure leaves nothing half-stored. The same transaction claims each event's duplicate key.
+One Lua script stores a whole batch of events. For each event it checks the duplicate claim, and if the
+event is new, writes its jobs, dead letters and records, then claims its id. A script runs atomically, so
+the ingress answers 2xx only when all of an event is in Redis, two ingress processes receiving the same event
+at once make one set of runs, and a claim never exists without its runs (a sender's retry after a failed
+store is not taken for a duplicate).
+
+Batches form by group commit: events of requests that arrive while a batch is being written go together in
+the next one. Under load one Redis round trip serves many webhooks; an idle ingress waits for nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import msgpack
+import redis.asyncio
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import RedisError, WatchError
-from rq import Callback, Queue, Retry
-from rq.job import Job, JobStatus
-from rq.queue import EnqueueData
-from rq.registry import FailedJobRegistry
-from rq.results import Result
-from rq.serializers import JSONSerializer
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.utils import utcformat
 
 from relay import keys, outcome
 from relay.errors import RedisUnavailable
 from relay.events import IncomingEvent
+from relay.jobs import dead_letter_unmapped, job_id_for, queue_run, relay_queue, run_job_fields
 from relay.mapping import MappedEvent, PlannedRun, UnmappedRun
 from relay.outcome import EventRecord, EventStatus, RunOutcome, RunStatus
 from relay.retry import RetryPolicy
 from relay.settings import Settings
 
-DELIVER_FUNC = "relay.delivery.deliver"
-UNMAPPABLE_FUNC = "relay.delivery.unmappable"
-ON_FAILURE_FUNC = "relay.delivery.on_failure"
-WATCH_ATTEMPTS = 5
+# ARGV[1]: the batch in MessagePack (Redis's Lua has cmsgpack; one argument costs the client far less to
+# send than thousands): a list of events, each {duplicate key or '', its window in seconds, the event id,
+# its write commands}. Returns per event '' when it was stored, else the event id that first claimed the key.
+# The claim is set after the writes: if a write fails (a Redis out of memory fails at the first one), no
+# claim is left without its runs.
+_STORE_SCRIPT = """
+local result = {}
+for index, event in ipairs(cmsgpack.unpack(ARGV[1])) do
+    local seen = event[1]
+    local first = false
+    if seen ~= '' then
+        first = redis.call('GET', seen)
+    end
+    if first then
+        result[index] = first
+    else
+        for _, command in ipairs(event[4]) do
+            redis.call(unpack(command))
+        end
+        if seen ~= '' then
+            redis.call('SET', seen, event[3], 'EX', event[2])
+        end
+        result[index] = ''
+    end
+end
+return result
+"""
+MAX_BATCH_EVENTS = 200
 
 
 def new_event_id() -> str:
@@ -40,86 +72,13 @@ def new_event_id() -> str:
     return f"evt_{uuid.uuid4().hex}"
 
 
-def job_id_for(event_id: str, route: str) -> str:
-    """The RQ job id of one route's run of an event: readable, and stable across replays."""
-    return f"{event_id}-{route}"
-
-
-def relay_queue(redis: Redis, settings: Settings) -> Queue:
-    """The RQ queue of PHLO runs, with RQ's JSON serializer so any dashboard or tool can read jobs."""
-    return Queue(settings.queue_name, connection=redis, serializer=JSONSerializer)
-
-
-def describe(source: str, route: str, phlo_id: str, event_id: str) -> str:
-    """The job description a queue dashboard shows."""
-    return f"{source} -> {route} -> PHLO {phlo_id} (event {event_id})"
-
-
 @dataclass(frozen=True)
 class StoredEvent:
-    """What ``store_events`` did with one event. A duplicate stored nothing; its id is the first one's."""
+    """What the store did with one event. A duplicate stored nothing; its id is the first one's."""
 
     record: EventRecord
     runs: list[RunOutcome]
     dead_letters: list[RunOutcome]
-
-
-def _meta(record: EventRecord, run: PlannedRun | UnmappedRun) -> dict[str, str]:
-    """What dashboards and ``relay dlq`` filter on, in every job of the relay."""
-    return {"source": record.source, "route": run.route, "phlo_id": run.phlo_id, "event_id": record.event_id}
-
-
-def run_job_data(
-    settings: Settings, record: EventRecord, run: PlannedRun, policy: RetryPolicy
-) -> EnqueueData:
-    """The RQ job of one run: its kwargs carry the payload and the retry policy, so workers need no config."""
-    return Queue.prepare_data(
-        DELIVER_FUNC,
-        kwargs={
-            "event_id": record.event_id,
-            "route": run.route,
-            "phlo_id": run.phlo_id,
-            "account": run.account,
-            "payload": run.payload,
-            "policy": policy.as_job_kwarg(),
-        },
-        job_id=job_id_for(record.event_id, run.route),
-        description=describe(record.source, run.route, run.phlo_id, record.event_id),
-        timeout=settings.job_timeout_s,
-        result_ttl=settings.finished_job_ttl_s,
-        failure_ttl=settings.dead_letter_ttl_s,
-        # Delivery decides each retry itself (backoff, Retry-After, age); this budget only serves RQ's
-        # own retry of a run whose worker died mid-job.
-        retry=Retry(max=policy.attempts - 1) if policy.attempts > 1 else None,
-        on_failure=Callback(ON_FAILURE_FUNC),
-        meta=_meta(record, run),
-    )
-
-
-def dead_letter_unmapped(
-    queue: Queue, settings: Settings, record: EventRecord, failure: UnmappedRun, pipe: Pipeline
-) -> None:
-    """Dead-letter a matching route whose payload cannot be built, so that the event is never lost silently.
-
-    It shows in RQ's failed registry with its reason; ``relay dlq replay`` maps it again after a fix.
-    """
-    job = Job.create(
-        UNMAPPABLE_FUNC,
-        kwargs={"event_id": record.event_id, "route": failure.route, "reason": failure.reason},
-        connection=queue.connection,
-        id=job_id_for(record.event_id, failure.route),
-        description=describe(record.source, failure.route, failure.phlo_id, record.event_id),
-        origin=queue.name,
-        serializer=JSONSerializer,
-        failure_ttl=settings.dead_letter_ttl_s,
-        status=JobStatus.FAILED,
-        meta=_meta(record, failure),
-    )
-    reason = f"MappingError: route {failure.route!r}: {failure.reason}"
-    registry = FailedJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
-    job.save(pipeline=pipe)  # registry.add saves the job without its meta
-    registry.add(job, ttl=settings.dead_letter_ttl_s, exc_string=reason, pipeline=pipe)
-    Result.create_failure(job, settings.dead_letter_ttl_s, reason, pipeline=pipe)
 
 
 def _first_outcome(
@@ -135,24 +94,14 @@ def _first_outcome(
     )
 
 
-@dataclass(frozen=True)
-class _Pending:
-    """An event about to be stored: its record and outcomes, its runs, its duplicate key and document."""
-
-    planned: StoredEvent
-    mapped: MappedEvent
-    seen_key: str | None
-    document: Any
-
-
-def _plan(source: str, incoming: IncomingEvent, mapped: MappedEvent) -> StoredEvent:
+def _plan(source: str, incoming: IncomingEvent, mapped: MappedEvent, now: float) -> StoredEvent:
     routes = [run.route for run in mapped.runs] + [failure.route for failure in mapped.failures]
     record = EventRecord(
         event_id=new_event_id(),
         source=source,
         source_event_id=incoming.source_event_id,
         event_type=incoming.event_type,
-        received_at=time.time(),
+        received_at=now,
         status=EventStatus.IGNORED if mapped.ignored else EventStatus.ACCEPTED,
         routes=routes,
     )
@@ -171,79 +120,139 @@ def _duplicate(planned: StoredEvent, first_event_id: str) -> StoredEvent:
     return StoredEvent(record=record, runs=[], dead_letters=[])
 
 
-def _write(pipe: Pipeline, queue: Queue, settings: Settings, pending: _Pending) -> None:
-    record, mapped = pending.planned.record, pending.mapped
-    if mapped.runs:
-        jobs = [
-            run_job_data(settings, record, run, RetryPolicy.resolve(settings, run.retry, record.received_at))
-            for run in mapped.runs
-        ]
-        queue.enqueue_many(jobs, pipeline=pipe)
+def _argument(value: Any) -> bytes | str:
+    """A command argument as redis-py would send it (floats by repr, so no precision is lost in Lua)."""
+    if isinstance(value, bytes | str):
+        return value
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _writes(
+    pipe: Pipeline,
+    queue: Queue,
+    settings: Settings,
+    planned: StoredEvent,
+    mapped: MappedEvent,
+    doc: Any,
+    stamp: str,
+) -> None:
+    """Queue an event's writes on ``pipe``: its jobs, its dead letters, its records."""
+    record = planned.record
+    for run in mapped.runs:
+        policy = RetryPolicy.resolve(settings, run.retry, record.received_at)
+        job_id = job_id_for(record.event_id, run.route)
+        queue_run(pipe, queue, run_job_fields(settings, record, run, policy, stamp), job_id)
     for failure in mapped.failures:
         dead_letter_unmapped(queue, settings, record, failure, pipe)
-    runs = pending.planned.runs + pending.planned.dead_letters
     # The document is kept so that a replay can map the event again after the config is fixed.
-    document = None if mapped.ignored else pending.document
-    outcome.write_event(pipe, record, runs, settings.outcome_ttl_s, document)
+    document = None if mapped.ignored else doc
+    outcome.write_event(pipe, record, planned.runs + planned.dead_letters, settings.outcome_ttl_s, document)
 
 
-def _store_once(
-    pipe: Pipeline, queue: Queue, settings: Settings, pendings: list[_Pending], dedupe_window_s: int
-) -> list[StoredEvent]:
-    seen_keys = [pending.seen_key for pending in pendings if pending.seen_key is not None]
-    if seen_keys:
-        # Optimistic lock: if another ingress claims one of these events before EXEC, the transaction
-        # fails with WatchError and the next attempt sees the claim; a claim is never stored without its
-        # runs, so a sender's retry after a failed store is not mistaken for a duplicate.
-        pipe.watch(*seen_keys)  # type: ignore[no-untyped-call]
-    firsts = dict(zip(seen_keys, pipe.mget(seen_keys) if seen_keys else [], strict=True))
-    pipe.multi()
-    stored = []
-    for pending in pendings:
-        planned, seen_key = pending.planned, pending.seen_key
-        first = firsts.get(seen_key) if seen_key is not None else None
-        if first is not None:
-            stored.append(_duplicate(planned, first.decode() if isinstance(first, bytes) else str(first)))
-            continue
-        if seen_key is not None:
-            pipe.set(seen_key, planned.record.event_id, ex=dedupe_window_s)
-            firsts[seen_key] = planned.record.event_id  # a repeat within the same request
-        _write(pipe, queue, settings, pending)
-        stored.append(planned)
-    pipe.execute()
-    return stored
+@dataclass
+class _Request:
+    """One request's events waiting for their batch: their plans and the script arguments they add."""
+
+    planned: list[StoredEvent]
+    encoded: list[bytes]  # per event, its entry of the batch, in MessagePack
+    answer: asyncio.Future[list[StoredEvent]]
+    events: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = len(self.planned)
 
 
-def store_events(
-    redis: Redis,
-    settings: Settings,
-    *,
-    source: str,
-    events: list[tuple[IncomingEvent, MappedEvent]],
-    dedupe_window_s: int,
-) -> list[StoredEvent]:
-    """Store a request's events (records, jobs, dead letters) in one transaction, skipping duplicates.
+class EventStore:
+    """Stores the ingress's events in Redis, in batches of whatever requests are waiting (group commit)."""
 
-    An event whose id was stored within ``dedupe_window_s`` (0: no deduplication) is a duplicate: nothing
-    is written for it. Raises RedisUnavailable when Redis does not take the transaction: nothing was stored.
-    """
-    pendings = [
-        _Pending(
-            _plan(source, incoming, mapped),
-            mapped,
-            keys.seen_key(source, incoming.dedupe_id) if dedupe_window_s else None,
-            incoming.document,
-        )
-        for incoming, mapped in events
-    ]
-    queue = relay_queue(redis, settings)
-    try:
-        with redis.pipeline(transaction=True) as pipe:
-            for _ in range(WATCH_ATTEMPTS):
-                try:
-                    return _store_once(pipe, queue, settings, pendings, dedupe_window_s)
-                except WatchError:
-                    continue
-    except RedisError as exc:
-        raise RedisUnavailable(f"Redis did not store the event: {type(exc).__name__}") from exc
-    raise RedisUnavailable("Redis did not store the event: the duplicate check kept conflicting")
+    def __init__(self, redis: redis.asyncio.Redis, recorder: Redis, settings: Settings) -> None:
+        """``recorder`` is a synchronous client whose pipelines only record commands: RQ and the outcome
+        records write through redis-py pipelines, and the batch script then runs what they recorded."""
+        self._redis = redis
+        self._recorder = recorder
+        self._queue = relay_queue(recorder, settings)
+        self._settings = settings
+        self._script = redis.register_script(_STORE_SCRIPT)
+        self._waiting: list[_Request] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def store(
+        self, source: str, events: list[tuple[IncomingEvent, MappedEvent]], dedupe_window_s: int
+    ) -> list[StoredEvent]:
+        """Store one request's events; answer once they are in Redis (duplicates: the first event's id).
+
+        Raises RedisUnavailable when Redis did not take the batch: nothing of the request was stored.
+        """
+        now = time.time()
+        stamp = utcformat(datetime.fromtimestamp(now, UTC))
+        planned = [_plan(source, incoming, mapped, now) for incoming, mapped in events]
+        encoded = []
+        pipe = self._recorder.pipeline(transaction=False)
+        for (incoming, mapped), plan in zip(events, planned, strict=True):
+            _writes(pipe, self._queue, self._settings, plan, mapped, incoming.document, stamp)
+            seen = keys.seen_key(source, incoming.dedupe_id) if dedupe_window_s else ""
+            commands = [[_argument(arg) for arg in args] for args, _options in pipe.command_stack]
+            entry = [seen, dedupe_window_s, plan.record.event_id, commands]
+            encoded.append(msgpack.packb(entry, use_bin_type=False))  # cmsgpack reads no bin types
+            pipe.command_stack.clear()
+        request = _Request(planned, encoded, asyncio.get_running_loop().create_future())
+        self._waiting.append(request)
+        self._wakeup.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches())
+        return await asyncio.shield(request.answer)
+
+    async def _write_batches(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._waiting:
+                batch: list[_Request] = []
+                count = 0
+                while self._waiting and (not batch or count + self._waiting[0].events <= MAX_BATCH_EVENTS):
+                    request = self._waiting.pop(0)
+                    batch.append(request)
+                    count += request.events
+                await self._write(batch)
+
+    async def _write(self, batch: list[_Request]) -> None:
+        events = [entry for request in batch for entry in request.encoded]
+        # A MessagePack array of n entries is its header and the entries one after the other.
+        header = msgpack.packb([None] * len(events))[: -len(events)]
+        try:
+            firsts = await self._script(args=[header + b"".join(events)])
+        except Exception as exc:  # every waiting request must get an answer, whatever went wrong
+            failure: Exception = exc
+            if isinstance(exc, RedisError):
+                failure = RedisUnavailable(f"Redis did not store the event: {type(exc).__name__}")
+            for request in batch:
+                if not request.answer.done():
+                    request.answer.set_exception(failure)
+            return
+        position = 0
+        for request in batch:
+            stored = []
+            for plan in request.planned:
+                first = firsts[position]
+                position += 1
+                first = first.decode() if isinstance(first, bytes) else str(first)
+                # redis-py retries a script whose connection broke; if the first call had run, the retry
+                # finds this event's own claim: it was stored.
+                if first in ("", plan.record.event_id):
+                    stored.append(plan)
+                else:
+                    stored.append(_duplicate(plan, first))
+            if not request.answer.done():
+                request.answer.set_result(stored)
+
+    async def ping(self) -> None:
+        """Raise RedisError unless Redis answers."""
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        """Stop the batch writer (call once no request is waiting)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer

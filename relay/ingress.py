@@ -3,33 +3,40 @@
 A request goes: verify the sender on the raw bytes (``verify``), parse (``parse``), split into events
 (``events``), map each (``mapping``), store them with their duplicate check in one transaction (``enqueue``).
 
-RQ and redis-py are synchronous, so Redis work runs on a bounded thread pool owned by the app; the event
-loop never blocks on Redis.
+Events are stored by an asyncio client in batches (``enqueue.EventStore``); the rarer reads of the events
+and admin APIs use redis-py's synchronous client (RQ's API is synchronous) on a bounded thread pool owned
+by the app, so the event loop never blocks on Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from relay import outcome
 from relay.config import RelayConfig, Source
-from relay.enqueue import StoredEvent, store_events
+from relay.enqueue import EventStore, StoredEvent
 from relay.errors import BodyTooLarge, IngressRefused, RedisUnavailable, UnknownSource
 from relay.events import split_events
 from relay.mapping import map_event
+from relay.metrics import UNKNOWN_SOURCE, RelayMetrics
 from relay.origin import client_ip, public_url
 from relay.outcome import EventStatus
 from relay.parse import parse_body
-from relay.redis_client import connect
+from relay.redis_client import connect, connect_async
 from relay.schemes import HookRequest
 from relay.settings import Settings, secret_environment
 from relay.verify import SourceVerifier, build_verifiers
@@ -37,12 +44,30 @@ from relay.verify import SourceVerifier, build_verifiers
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+@dataclass
+class Readiness:
+    """Whether the ingress is draining after SIGTERM (``/readyz`` then answers 503), and its requests."""
+
+    draining: bool = False
+    in_flight: int = 0
+
+    async def until_idle(self) -> None:
+        """Return once no request is being handled (the caller bounds the wait)."""
+        while self.in_flight:  # noqa: ASYNC110 - polled: an Event per request would cost every request
+            await asyncio.sleep(0.05)
+
+
 SETTINGS = web.AppKey("settings", Settings)
 CONFIG = web.AppKey("config", RelayConfig)
 REDIS = web.AppKey("redis", Redis)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 VERIFIERS = web.AppKey("verifiers", dict[str, SourceVerifier])
-REDIS_THREADS = 32
+STORE = web.AppKey("store", EventStore)
+METRICS = web.AppKey("metrics", RelayMetrics)
+READINESS = web.AppKey("readiness", Readiness)
+REFUSAL = "relay_refusal"  # an error answer's code, kept on the response for the metrics
+REDIS_THREADS = 8
 READ_CHUNK_BYTES = 64 * 1024
 SALESFORCE_ACK = (
     '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>'
@@ -52,9 +77,44 @@ SALESFORCE_ACK = (
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer (orjson: the answer to every webhook is serialised on the hot path)."""
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return orjson.dumps(data).decode()
+
+
 def error_response(status: int, code: str, message: str) -> web.Response:
     """Every error the relay answers: a JSON body saying what is wrong."""
-    return web.json_response({"error": code, "message": message}, status=status)
+    response = json_response({"error": code, "message": message}, status=status)
+    response[REFUSAL] = code
+    return response
+
+
+@web.middleware
+async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time webhooks (refusals by reason); while draining, ask clients to reconnect elsewhere."""
+    started = time.perf_counter()
+    readiness = request.app[READINESS]
+    readiness.in_flight += 1
+    try:
+        response = await handler(request)
+    finally:
+        readiness.in_flight -= 1
+    if readiness.draining:
+        response.force_close()  # the load balancer's next request opens a connection to a ready process
+    source = request.match_info.get("source")
+    if source is None or request.method != "POST" or not request.path.startswith("/hooks/"):
+        return response
+    metrics = request.app[METRICS]
+    source = source if source in request.app[CONFIG].sources else UNKNOWN_SOURCE
+    refusal = response.get(REFUSAL)
+    if refusal is not None:
+        metrics.events_received.labels(source, "refused", refusal).inc()
+    metrics.ingress_latency.labels(source).observe(time.perf_counter() - started)
+    return response
 
 
 @web.middleware
@@ -121,8 +181,8 @@ def _answer(source: Source, stored: list[StoredEvent]) -> web.Response:
         return web.Response(text=EMPTY_TWIML, content_type="text/xml")
     status = 202 if any(event.record.status is EventStatus.ACCEPTED for event in stored) else 200
     if source.batch is not None:
-        return web.json_response({"events": [_event_body(event) for event in stored]}, status=status)
-    return web.json_response(_event_body(stored[0]), status=status)
+        return json_response({"events": [_event_body(event) for event in stored]}, status=status)
+    return json_response(_event_body(stored[0]), status=status)
 
 
 def _hook_request(request: web.Request, settings: Settings, body: bytes) -> HookRequest:
@@ -157,19 +217,18 @@ async def receive_hook(request: web.Request) -> web.Response:
         if event.event_type is None or event.event_type not in source.ping_events
     ]
     if not incoming:
-        return web.json_response({"status": "ping", "message": "verified; nothing to run"})
+        request.app[METRICS].events_received.labels(source_name, "ping", "").inc()
+        return json_response({"status": "ping", "message": "verified; nothing to run"})
     events = [(event, map_event(config, source_name, event.event_type, event.document)) for event in incoming]
     window_s = settings.dedupe_window_s if source.dedupe_window_s is None else source.dedupe_window_s
-    stored = await in_thread(
-        request,
-        store_events,
-        request.app[REDIS],
-        settings,
-        source=source_name,
-        events=events,
-        dedupe_window_s=window_s,
-    )
+    stored = await request.app[STORE].store(source_name, events, window_s)
+    metrics = request.app[METRICS]
     for event in stored:
+        metrics.events_received.labels(source_name, event.record.status.value, "").inc()
+        for run in event.runs:
+            metrics.runs_enqueued.labels(run.route).inc()
+        for run in event.dead_letters:
+            metrics.dead_letters.labels(run.route, "unmappable").inc()
         log.info(
             "event %s from %s: %s, %d run(s) queued, %d dead-lettered",
             event.record.event_id,
@@ -187,7 +246,7 @@ async def show_event(request: web.Request) -> web.Response:
     view = await in_thread(request, outcome.read_event, request.app[REDIS], event_id)
     if view is None:
         return error_response(404, "unknown_event", f"no event {event_id!r} (never received, or expired)")
-    return web.json_response(view.model_dump(mode="json"))
+    return json_response(view.model_dump(mode="json"))
 
 
 def create_app(
@@ -199,16 +258,17 @@ def create_app(
     raises ConfigError here, before the app serves anything.
     """
     # aiohttp's own limit is a safety net; read_body gives the JSON 413 first.
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes + 1)
+    app = web.Application(middlewares=[measure, json_errors], client_max_size=settings.max_body_bytes + 1)
     app[SETTINGS] = settings
     app[CONFIG] = config
+    app[METRICS] = RelayMetrics()
+    app[READINESS] = Readiness()
     app[VERIFIERS] = build_verifiers(
         config.sources, secret_environment() if environ is None else environ, str(settings.config_path)
     )
 
     async def connections(app: web.Application) -> AsyncIterator[None]:
-        # A store holds its WATCHed connection while RQ may take a second one from the client, so each
-        # thread can need two; a blocking pool waits for a free one instead of failing the request.
+        # A blocking pool makes a burst of reads wait for a free connection instead of failing them.
         app[REDIS] = connect(
             settings,
             blocking_pool=True,
@@ -218,14 +278,28 @@ def create_app(
             socket_timeout=5,
         )
         app[EXECUTOR] = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="relay-redis")
+        # One batch at a time goes to Redis; the pool is for the odd reconnect. One retry, at once, takes a
+        # pooled connection that Redis closed (a restart) out of the way without holding the sender back.
+        async_redis = connect_async(
+            settings,
+            max_connections=4,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry=Retry(NoBackoff(), retries=1),
+        )
+        app[STORE] = EventStore(async_redis, app[REDIS], settings)
         yield
+        await app[STORE].close()
+        await async_redis.aclose()
         app[EXECUTOR].shutdown(wait=True)
         app[REDIS].close()
 
     app.cleanup_ctx.append(connections)
     app.router.add_post(r"/hooks/{source}", receive_hook)
     app.router.add_get(r"/events/{event_id}", show_event)
-    from relay.admin import add_admin_routes  # here: relay.admin imports this module
+    from relay.admin import add_admin_routes  # here: relay.admin and relay.health import this module
+    from relay.health import add_health_routes
 
     add_admin_routes(app, settings)
+    add_health_routes(app)
     return app

@@ -9,11 +9,13 @@ the same whichever process is scraped (``max()`` them across instances, do not `
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, values
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -36,6 +38,27 @@ def use_directory(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def prepare_directory(configured: Path | None, *, processes: int) -> None:
+    """Choose where this command's processes count, before any metric is made.
+
+    ``RELAY_METRICS_DIR`` (or a ``PROMETHEUS_MULTIPROC_DIR`` the platform set) is shared as it is; a command
+    of several processes without either gets a private temporary directory, removed when it exits.
+    """
+    directory = configured or multiprocess_directory()
+    if directory is None and processes > 1:
+        directory = Path(tempfile.mkdtemp(prefix="relay-metrics-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    if directory is not None:
+        use_directory(directory)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget a dead process's live gauges (its counters stay: totals include what it counted)."""
+    directory = multiprocess_directory()
+    if directory is not None:
+        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
 def multiprocess_directory() -> Path | None:
@@ -117,16 +140,6 @@ class RelayMetrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0),
             registry=r,
         )
-
-
-def process_registry(metrics: RelayMetrics) -> CollectorRegistry:
-    """What a scrape of this process shows of counters: every process of the directory, or just this one."""
-    directory = multiprocess_directory()
-    if directory is None:
-        return metrics.registry
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-    return registry
 
 
 METRIC_NAMES = frozenset(

@@ -96,13 +96,13 @@ def write_event(
     """Queue the writes of a new event's record, its document (for re-mapping) and its runs."""
     key = keys.event_key(record.event_id)
     now = time.time()
-    pipe.hset(key, keys.EVENT_FIELD, record.model_dump_json())
+    fields = {keys.EVENT_FIELD: record.model_dump_json()}
     if document is not None:
-        pipe.hset(key, keys.DOCUMENT_FIELD, json.dumps(document, separators=(",", ":")))
+        fields[keys.DOCUMENT_FIELD] = json.dumps(document, separators=(",", ":"))
     for run in runs:
-        pipe.hset(
-            key, keys.run_field(run.job_id), run.model_copy(update={"updated_at": now}).model_dump_json()
-        )
+        run.updated_at = now  # a new event's runs: nobody else holds them yet
+        fields[keys.run_field(run.job_id)] = run.model_dump_json()
+    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
     pipe.expire(key, ttl_s)
 
 

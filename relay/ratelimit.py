@@ -114,14 +114,17 @@ class AccountRateLimit:
         """Give a slot back: its request was not sent after all."""
         self.redis.zrem(self.key, reservation.slot_id)
 
-    def wait_turn(self, max_wait_s: float) -> bool:
-        """Sleep until one request may go; False, reserving nothing, if that is over ``max_wait_s`` away."""
+    def wait_turn(self, max_wait_s: float) -> float | None:
+        """Sleep until one request may go: the seconds slept, or None, reserving nothing, if that is over
+        ``max_wait_s`` away."""
+        waited_s = 0.0
         while True:
             reservation = self.reserve(max_wait_s)
             if reservation is None:
-                return False
+                return None
             if reservation.wait_s > 0:
                 time.sleep(reservation.wait_s)
+                waited_s += reservation.wait_s
             if not self.too_late(reservation):
-                return True
+                return waited_s
             self.release(reservation)  # woke too late to keep the window: take a new turn

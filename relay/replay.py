@@ -17,9 +17,17 @@ from rq.results import Result
 
 from relay import keys, outcome
 from relay.config import RelayConfig
-from relay.deadletters import Target, dead_job, failed_registry, letter_of, read_records, target_ids
-from relay.enqueue import WATCH_ATTEMPTS, relay_queue, run_job_data
+from relay.deadletters import (
+    WATCH_ATTEMPTS,
+    Target,
+    dead_job,
+    failed_registry,
+    letter_of,
+    read_records,
+    target_ids,
+)
 from relay.errors import DeadLetterError, MappingError
+from relay.jobs import relay_queue, run_job_data
 from relay.mapping import PlannedRun, build_payload
 from relay.outcome import EventRecord, RunOutcome, RunStatus, Step
 from relay.retry import RetryPolicy

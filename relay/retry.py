@@ -7,7 +7,7 @@ so workers need no config. Retries are scheduled through RQ's scheduler, never s
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -50,7 +50,14 @@ class RetryPolicy:
 
     def as_job_kwarg(self) -> dict[str, Any]:
         """The policy as it is stored in the job (JSON)."""
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies, and this runs for every run the ingress queues.
+        return {
+            "attempts": self.attempts,
+            "base_delay_s": self.base_delay_s,
+            "max_delay_s": self.max_delay_s,
+            "deadline_at": self.deadline_at,
+            "attempts_before": self.attempts_before,
+        }
 
     @classmethod
     def from_job_kwarg(cls, raw: dict[str, Any]) -> RetryPolicy:

@@ -8,21 +8,26 @@ other worker within ``RELAY_JOB_TIMEOUT_S`` + 5 s + ``RELAY_MAINTENANCE_INTERVAL
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from prometheus_client import start_http_server
 from redis import Redis
 from rq import SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from rq.worker_pool import WorkerPool
 
 from relay.breaker import CircuitBreaker
-from relay.enqueue import relay_queue
+from relay.jobs import relay_queue
+from relay.metrics import RelayMetrics
+from relay.queue_state import scrape_registry
 from relay.ratelimit import AccountRateLimit
 from relay.redis_client import connect
 from relay.runner import RunnerClient
 from relay.settings import PlivoAccount, Settings, load_settings
+from relay.supervisor import Child, supervise
 
 log = logging.getLogger(__name__)
 # A run whose worker dies is found once its RQ execution entry expires: the job timeout plus this.
@@ -36,6 +41,7 @@ class WorkerContext:
     settings: Settings
     redis: Redis
     runner: RunnerClient
+    metrics: RelayMetrics = field(default_factory=RelayMetrics)
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     rate_limits: dict[str, AccountRateLimit] = field(default_factory=dict)
 
@@ -96,7 +102,6 @@ class RelayWorker(SimpleWorker):
     """A SimpleWorker whose runs, when it dies, are found within ``job timeout + 5 s`` (RQ adds 60 s)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # RQ's WorkerPool passes no maintenance interval: take it from the settings.
         kwargs.setdefault("maintenance_interval", current_context().settings.maintenance_interval_s)
         super().__init__(*args, **kwargs)
 
@@ -112,30 +117,50 @@ class RelayWorker(SimpleWorker):
         return int(job.timeout) + ABANDONED_GRACE_S
 
 
-def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) -> None:
-    """Run RQ worker processes for the relay's queue until stopped (or, with ``burst``, until it is empty)."""
-    redis = connect(settings)
-    queue = relay_queue(redis, settings)
-    if processes > 1:
-        # Each forked worker builds its own context (and connection pool) on its first job.
-        pool = WorkerPool(
-            [queue.name],
-            connection=redis,
-            num_workers=processes,
-            worker_class=RelayWorker,
-            serializer=JSONSerializer,
-        )
-        pool.start(burst=burst, logging_level=settings.log_level)
-        return
+def work(settings: Settings, *, burst: bool = False) -> None:
+    """One worker process: a RelayWorker with RQ's scheduler on the relay's queue, until stopped."""
     context = WorkerContext.build(settings)
     use_context(context)
     try:
         worker = RelayWorker(
-            [queue],
-            connection=redis,
-            serializer=JSONSerializer,
+            [relay_queue(context.redis, settings)], connection=context.redis, serializer=JSONSerializer
         )
         worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
     finally:
         use_context(None)
         context.close()
+
+
+def serve_metrics(settings: Settings, metrics: RelayMetrics | None = None) -> None:
+    """Serve ``/metrics`` on ``RELAY_WORKER_METRICS_PORT`` from a thread of this process."""
+    assert settings.worker_metrics_port is not None
+    redis = connect(settings, socket_connect_timeout=2, socket_timeout=5)
+    registry = scrape_registry(metrics, lambda: redis, settings)
+    start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
+    log.info("worker metrics on http://%s:%d/metrics", settings.host, settings.worker_metrics_port)
+
+
+def _metrics_only(settings: Settings) -> None:
+    serve_metrics(settings)
+    threading.Event().wait()  # until SIGTERM ends the process
+
+
+def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) -> int:
+    """Run worker processes until stopped (with ``burst``: until the queue is empty); the exit code.
+
+    With ``RELAY_WORKER_METRICS_PORT`` one more process serves their metrics (not in burst mode).
+    """
+    with_metrics = settings.worker_metrics_port is not None and not burst
+    if processes == 1:
+        if with_metrics:
+            serve_metrics(settings, current_context().metrics)
+        work(settings, burst=burst)
+        return 0
+    children = [Child(f"worker-{number}", partial(work, settings, burst=burst)) for number in
+                range(1, processes + 1)]  # fmt: skip
+    if with_metrics:
+        children.append(Child("worker-metrics", partial(_metrics_only, settings)))
+    # A worker finishes its run before it stops: give it the job timeout, then some.
+    return supervise(
+        children, stop_timeout_s=settings.job_timeout_s + ABANDONED_GRACE_S, restart_clean_exits=not burst
+    )

@@ -30,9 +30,9 @@ from relay.deadletters import (
     purge,
     show_dead_letter,
 )
-from relay.enqueue import relay_queue
 from relay.errors import DeadLetterError
 from relay.ingress import create_app
+from relay.jobs import relay_queue
 from relay.outcome import RunOutcome
 from relay.redis_server import free_port
 from relay.replay import ReplayResult, replay, replay_many

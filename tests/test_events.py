@@ -18,8 +18,8 @@ import pytest
 from redis import Redis
 
 from relay.config import RelayConfig, parse_config
-from relay.enqueue import relay_queue
 from relay.ingress import SALESFORCE_ACK, create_app
+from relay.jobs import relay_queue
 from relay.redis_server import free_port
 from relay.settings import Settings
 from tests.conftest import (

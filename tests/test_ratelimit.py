@@ -134,7 +134,7 @@ def test_senders_that_sleep_their_wait_keep_the_runners_window(redis: Redis) -> 
 
     def send_three() -> None:
         for _ in range(3):
-            assert rate.wait_turn(max_wait_s=30)
+            assert rate.wait_turn(max_wait_s=30) is not None
             sent.append(_redis_us(redis))
 
     workers = [threading.Thread(target=send_three) for _ in range(4)]

@@ -1,0 +1,135 @@
+"""The queue's state read from Redis at scrape time: depths, ages, workers and circuit breakers.
+
+These figures belong to the deployment, not to a process, so every scraped process reports the same values.
+rq-exporter would read them, but it does not support RQ 3; the few reads are written here instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from redis import Redis
+from redis.exceptions import RedisError
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.utils import str_to_date
+from rq.worker_registration import get_keys
+
+from relay.breaker import CircuitBreaker
+from relay.jobs import relay_queue
+from relay.metrics import (
+    BREAKER_STATE,
+    QUEUE_OLDEST_AGE,
+    QUEUE_RUNS,
+    REDIS_UP,
+    WORKERS,
+    RelayMetrics,
+    multiprocess_directory,
+)
+from relay.settings import Settings
+
+BREAKER_STATES = ("closed", "half_open", "open")
+
+
+def scrape_registry(
+    metrics: RelayMetrics | None, redis: Callable[[], Redis], settings: Settings
+) -> CollectorRegistry:
+    """What a scrape shows: the counters of this process (or of every process of its metrics directory)
+    and the queue's state, read through ``redis()``. Build it once per process."""
+    directory = multiprocess_directory()
+    if directory is None:
+        registry = metrics.registry if metrics is not None else CollectorRegistry()
+    else:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    registry.register(QueueStateCollector(redis, settings))
+    return registry
+
+
+class QueueStateCollector(Collector):
+    """Prometheus collector of the relay queue's state in Redis."""
+
+    def __init__(self, redis: Callable[[], Redis], settings: Settings) -> None:
+        self._redis_source = redis
+        self._settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(REDIS_UP, "1 when this scrape could read the queue's state from Redis.")
+        try:
+            families = list(self._read())
+        except RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _read(self) -> Iterator[GaugeMetricFamily]:
+        settings, redis = self._settings, self._redis_source()
+        queue = relay_queue(redis, settings)
+        now = time.time()
+        registries = {
+            "running": StartedJobRegistry(queue=queue),
+            "scheduled": ScheduledJobRegistry(queue=queue),  # type: ignore[no-untyped-call]
+            "dead_lettered": FailedJobRegistry(queue=queue),
+        }
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.llen(queue.key)
+            pipe.lindex(queue.key, 0)
+            for state, registry in registries.items():
+                # Entries are scored by when they expire (started, failed) or are due (scheduled).
+                if state == "scheduled":
+                    pipe.zcard(registry.key)
+                else:
+                    pipe.zcount(registry.key, now, "+inf")
+            pipe.zrange(registries["scheduled"].key, 0, 0, withscores=True)
+            queued, head, *counts, first_due = pipe.execute()
+
+        runs = GaugeMetricFamily(
+            QUEUE_RUNS, "Runs in the queue by state: queued, running, scheduled (retries), dead_lettered.",
+            labels=["queue", "state"],
+        )  # fmt: skip
+        runs.add_metric([queue.name, "queued"], queued)
+        for state, count in zip(registries, counts, strict=True):
+            runs.add_metric([queue.name, state], count)
+        yield runs
+
+        ages = GaugeMetricFamily(
+            QUEUE_OLDEST_AGE,
+            "queued: how long the run at the head of the queue has waited; scheduled: how long the most "
+            "overdue scheduled run is past its due time (0: none is due).",
+            labels=["queue", "state"],
+        )
+        ages.add_metric([queue.name, "queued"], _queued_age_s(redis, head, now))
+        due_at = first_due[0][1] if first_due else None
+        ages.add_metric([queue.name, "scheduled"], max(0.0, now - due_at) if due_at else 0.0)
+        yield ages
+
+        workers = GaugeMetricFamily(WORKERS, "RQ workers registered on the queue.", labels=["queue"])
+        workers.add_metric([queue.name], len(get_keys(queue=queue)))
+        yield workers
+
+        breakers = GaugeMetricFamily(
+            BREAKER_STATE, "Circuit breaker of each Plivo account: 1 for its current state.",
+            labels=["account", "state"],
+        )  # fmt: skip
+        for account in sorted(settings.account_names()):
+            state = CircuitBreaker(redis, account).state().state
+            for name in BREAKER_STATES:
+                breakers.add_metric([account, name], 1 if name == state else 0)
+        yield breakers
+
+
+def _queued_age_s(redis: Redis, head: bytes | None, now: float) -> float:
+    if head is None:
+        return 0.0
+    enqueued = redis.hget(Job.key_for(head.decode()), "enqueued_at")
+    if not enqueued:
+        return 0.0
+    return max(0.0, now - str_to_date(enqueued).timestamp())
