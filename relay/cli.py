@@ -27,7 +27,7 @@ from relay.deadletters import (
     show_dead_letter,
 )
 from relay.errors import ConfigError, DeadLetterError, RelayError, SettingsError
-from relay.redis_client import connect
+from relay.redis_client import connect, require_redis
 from relay.replay import replay_many
 from relay.settings import Settings, load_settings, secret_environment
 from relay.verify import build_verifiers
@@ -37,6 +37,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from relay.ingress import create_app
 
     config = load_config(settings.config_path, settings.account_names())
+    require_redis(settings)  # stop now, saying which Redis and why, not at the first webhook
     web.run_app(
         create_app(settings, config), host=args.host or settings.host, port=args.port or settings.port
     )
@@ -51,6 +52,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     if without_credentials:
         names = ", ".join(without_credentials)
         raise SettingsError(f"PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN are not set; routes {names} need them")
+    require_redis(settings)  # RQ would otherwise retry a missing Redis forever
     run_workers(settings, processes=args.processes, burst=args.burst)
     return 0
 
