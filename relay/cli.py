@@ -26,7 +26,7 @@ from relay.deadletters import (
     show_dead_letter,
 )
 from relay.errors import ConfigError, DeadLetterError, RelayError, SettingsError
-from relay.redis_client import connect
+from relay.redis_client import connect, require_redis
 from relay.replay import replay_many
 from relay.settings import Settings, load_settings, secret_environment
 from relay.supervisor import Child, supervise
@@ -38,6 +38,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     config = load_config(settings.config_path, settings.account_names())
     host, port = args.host or settings.host, settings.port if args.port is None else args.port
+    require_redis(settings)  # stop now, saying which Redis and why, not at the first webhook
     metrics.prepare_directory(settings.metrics_dir, processes=args.processes)
     if args.processes == 1:
         asyncio.run(serve_ingress(settings, config, host=host, port=port))
@@ -60,6 +61,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     if without_credentials:
         names = ", ".join(without_credentials)
         raise SettingsError(f"PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN are not set; routes {names} need them")
+    require_redis(settings)  # RQ would otherwise retry a missing Redis forever
     metrics.prepare_directory(settings.metrics_dir, processes=args.processes)
     return run_workers(settings, processes=args.processes, burst=args.burst)
 

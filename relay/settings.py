@@ -9,17 +9,42 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
 import pydantic_settings
 from dotenv import dotenv_values
-from pydantic import AliasChoices, BaseModel, Field, IPvAnyNetwork, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import SettingsError
 
 DEFAULT_ACCOUNT = "default"
 ENV_PREFIX = "RELAY_"
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def parse_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a pair; ValueError, naming the address, when malformed."""
+    host, sep, port = address.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address needs its brackets: "[::1]:26379"
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
 
 
 class PlivoAccount(BaseModel):
@@ -178,6 +203,38 @@ class Settings(BaseSettings):
         default=True, description="Mask phone numbers and e-mail addresses in log lines."
     )
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, url: str) -> str:
+        # The message never shows the URL: it may hold a password.
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError("not a valid URL") from None
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+        return url
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, sentinels: list[str]) -> list[str]:
+        for address in sentinels:
+            parse_host_port(address)
+        return sentinels
+
+    @model_validator(mode="after")
+    def _redis_combination(self) -> Self:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError(
+                "RELAY_REDIS_SENTINELS and RELAY_REDIS_SENTINEL_MASTER go together: set both or neither"
+            )
+        if self.redis_sentinels and urlsplit(self.redis_url).scheme == "unix":
+            raise ValueError("RELAY_REDIS_SENTINELS: Sentinel finds a master by host and port, not unix://")
+        if self.redis_tls_key_file is not None and self.redis_tls_cert_file is None:
+            raise ValueError("RELAY_REDIS_TLS_KEY_FILE is set without RELAY_REDIS_TLS_CERT_FILE")
+        return self
+
     def account(self, name: str) -> PlivoAccount | None:
         """The credentials of the named account (``default`` is the PLIVO_AUTH_* pair), or None."""
         if name == DEFAULT_ACCOUNT:
@@ -243,8 +300,12 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_input=False):
-            field = str(error["loc"][0]) if error["loc"] else "?"
+            message = error["msg"].removeprefix("Value error, ")
+            if not error["loc"]:  # a check of several settings: its message names them
+                problems.append(message)
+                continue
+            field = str(error["loc"][0])
             rest = "__".join(str(part).upper() for part in error["loc"][1:])
             name = env_name(field) + (f"__{rest}" if rest else "")
-            problems.append(f"{name}: {error['msg']}")
+            problems.append(f"{name}: {message}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
