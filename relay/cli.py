@@ -27,19 +27,23 @@ from relay.deadletters import (
     show_dead_letter,
 )
 from relay.errors import ConfigError, DeadLetterError, RelayError, SettingsError
+from relay.logs import AccessLogger, configure_logging
 from relay.redis_client import connect
 from relay.replay import replay_many
 from relay.settings import Settings, load_settings, secret_environment
 from relay.verify import build_verifiers
+
+log = logging.getLogger(__name__)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from relay.ingress import create_app
 
     config = load_config(settings.config_path, settings.account_names())
-    web.run_app(
-        create_app(settings, config), host=args.host or settings.host, port=args.port or settings.port
-    )
+    host, port = args.host or settings.host, args.port or settings.port
+    log.info("ingress starting on http://%s:%s", host, port)
+    # aiohttp's banner would be a line of bare text among the JSON ones: the line above says it.
+    web.run_app(create_app(settings, config), host=host, port=port, access_log_class=AccessLogger, print=None)
     return 0
 
 
@@ -295,11 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``relay`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
+        # relay dev reads text unless RELAY_LOG_FORMAT says otherwise; its worker inherits the choice.
+        settings = configure_logging(
+            load_settings(), default_format="text" if args.command == "dev" else None
         )
         code: int = args.handler(settings, args)
         return code
