@@ -26,11 +26,14 @@ from relay.deadletters import (
     show_dead_letter,
 )
 from relay.errors import ConfigError, DeadLetterError, RelayError, SettingsError
+from relay.logs import configure_logging
 from relay.redis_client import connect, require_redis
 from relay.replay import replay_many
 from relay.settings import Settings, load_settings, secret_environment
 from relay.supervisor import Child, supervise
 from relay.verify import build_verifiers
+
+log = logging.getLogger(__name__)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -311,11 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``relay`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
+        # relay dev reads text unless RELAY_LOG_FORMAT says otherwise; its worker inherits the choice.
+        settings = configure_logging(
+            load_settings(), default_format="text" if args.command == "dev" else None
         )
         code: int = args.handler(settings, args)
         return code

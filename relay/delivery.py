@@ -31,6 +31,7 @@ from relay.errors import (
     SettingsError,
 )
 from relay.jobs import DELIVER_FUNC, job_id_for
+from relay.logs import bind
 from relay.metrics import RelayMetrics
 from relay.outcome import RunOutcome, RunStatus, Step
 from relay.retry import RetryPolicy, retry_delay_s
@@ -109,6 +110,13 @@ class _Delivery:
         self.metrics.runs.labels(self.run.route, "waiting").inc()
         step = Step(at=now, status=RunStatus.WAITING, note=pause.reason, retry_in_s=round(pause.delay_s, 1))
         self.save(step, status=RunStatus.WAITING, next_attempt_at=now + pause.delay_s)
+        log.info(
+            "run %s waiting %.1f s: %s",
+            self.run.job_id,
+            pause.delay_s,
+            pause.reason,
+            extra={"outcome": RunStatus.WAITING.value, "retry_in_s": round(pause.delay_s, 1)},
+        )
 
     def give_up(self, reason: str, why: str, **changes: Any) -> None:
         """Dead-letter the run; ``why`` is the metrics' reason (rejected, attempts, max_age, ...)."""
@@ -117,7 +125,12 @@ class _Delivery:
         self.metrics.dead_letters.labels(self.run.route, why).inc()
         step = Step(at=time.time(), status=RunStatus.DEAD_LETTERED, attempt=self.run.attempts, error=reason)
         self.save(step, status=RunStatus.DEAD_LETTERED, last_error=reason, next_attempt_at=None, **changes)
-        log.warning("run %s dead-lettered: %s", self.run.job_id, reason)
+        log.warning(
+            "run %s dead-lettered: %s",
+            self.run.job_id,
+            reason,
+            extra={"outcome": RunStatus.DEAD_LETTERED.value, "attempt": self.run.attempts},
+        )
 
     def start(self) -> None:
         self.save(status=RunStatus.RUNNING, attempts=self.run.attempts + 1, next_attempt_at=None)
@@ -161,6 +174,11 @@ class _Delivery:
             self.run.attempts,
             delay_s,
             error,
+            extra={
+                "outcome": RunStatus.FAILED.value,
+                "attempt": self.run.attempts,
+                "retry_in_s": round(delay_s, 1),
+            },
         )
 
     def interrupted(self, reason: str) -> None:
@@ -179,7 +197,13 @@ class _Delivery:
         self.metrics.retries.labels(self.run.route, "interrupted").inc()
         step = Step(at=now, status=RunStatus.FAILED, attempt=self.run.attempts, error=reason, retry_in_s=0)
         self.save(step, status=RunStatus.FAILED, last_error=reason, ambiguous=True, next_attempt_at=now)
-        log.warning("run %s attempt %d %s; retried at once", self.run.job_id, self.run.attempts, reason)
+        log.warning(
+            "run %s attempt %d %s; retried at once",
+            self.run.job_id,
+            self.run.attempts,
+            reason,
+            extra={"outcome": RunStatus.FAILED.value, "attempt": self.run.attempts, "retry_in_s": 0},
+        )
 
     def succeeded(self, result: RunResult) -> None:
         self.metrics.runs.labels(self.run.route, "succeeded").inc()
@@ -259,7 +283,16 @@ def deliver(
         log.exception(
             "run %s succeeded (PHLO run %s) but its outcome was not recorded", job_id, result.phlo_run_id
         )
-    log.info("run %s succeeded: PHLO run %s", job_id, result.phlo_run_id)
+    log.info(
+        "run %s succeeded: PHLO run %s",
+        job_id,
+        result.phlo_run_id,
+        extra={
+            "outcome": RunStatus.SUCCEEDED.value,
+            "attempt": delivery.run.attempts,
+            "phlo_run_id": result.phlo_run_id,
+        },
+    )
     return {"phlo_run_id": result.phlo_run_id, "message": result.message, "status": result.status}
 
 
@@ -301,7 +334,8 @@ def on_failure(
     policy = _job_policy(job.kwargs.get("policy"), context.settings)
     delivery = _Delivery(connection, context.settings, context.metrics, event_id, job, policy, run)
     if run.status is RunStatus.RUNNING:  # it died with the request possibly out
-        delivery.interrupted("the worker died mid-run")
+        with bind(job_id=job.id, event_id=event_id, route=run.route, source=job.meta.get("source")):
+            delivery.interrupted("the worker died mid-run")
 
 
 def unmappable(event_id: str, route: str, reason: str) -> None:

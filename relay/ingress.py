@@ -11,6 +11,8 @@ by the app, so the event loop never blocks on Redis.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -31,6 +33,7 @@ from relay.config import RelayConfig, Source
 from relay.enqueue import EventStore, StoredEvent
 from relay.errors import BodyTooLarge, IngressRefused, RedisUnavailable, UnknownSource
 from relay.events import split_events
+from relay.logs import REQUEST_ID_HEADER, bind, register_secrets, request_id_from
 from relay.mapping import map_event
 from relay.metrics import UNKNOWN_SOURCE, RelayMetrics
 from relay.origin import client_ip, public_url
@@ -39,7 +42,7 @@ from relay.parse import parse_body
 from relay.redis_client import connect, connect_async
 from relay.schemes import HookRequest
 from relay.settings import Settings, secret_environment
-from relay.verify import SourceVerifier, build_verifiers
+from relay.verify import SourceVerifier, build_verifiers, source_secrets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -118,6 +121,21 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give each request an id (its sender's ``X-Request-Id`` when sane): bound to its lines, echoed back."""
+    request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    try:
+        with bind(request_id=request_id, source=request.match_info.get("source")):
+            response = await handler(request)
+    except web.HTTPException as exc:  # json_errors answers every error; this is a redirect and the like
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+@web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn refusals and aiohttp's own HTTP errors (404, 405, 413) into JSON answers."""
     try:
@@ -125,11 +143,17 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except IngressRefused as exc:
         # The reason is safe to log: refusals never carry a secret or an expected signature.
         log.warning(
-            "refused %s %s: %s %s: %s", request.method, request.path, exc.status, exc.code, exc.message
+            "refused %s %s: %s %s: %s",
+            request.method,
+            request.path,
+            exc.status,
+            exc.code,
+            exc.message,
+            extra={"outcome": "refused", "status": exc.status, "error": exc.code},
         )
         return error_response(exc.status, exc.code, exc.message)
     except (RedisUnavailable, RedisError) as exc:
-        log.error("Redis unavailable: %s", exc)
+        log.error("Redis unavailable: %s", exc, extra={"outcome": "unavailable", "status": 503})
         return error_response(
             503, "queue_unavailable", "the relay cannot store events right now; retry later"
         )
@@ -139,16 +163,23 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, code, exc.text or exc.reason)
     except Exception:
-        log.exception("unexpected error handling %s %s", request.method, request.path)
+        log.exception(
+            "unexpected error handling %s %s",
+            request.method,
+            request.path,
+            extra={"outcome": "error", "status": 500},
+        )
         return error_response(
             500, "internal_error", "the relay could not handle this request; nothing was stored"
         )
 
 
 async def in_thread(request: web.Request, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run blocking Redis work on the app's thread pool."""
+    """Run blocking Redis work on the app's thread pool, in the request's context (its log fields)."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.app[EXECUTOR], lambda: func(*args, **kwargs))
+    # run_in_executor does not carry contextvars over to the thread, as asyncio.to_thread does.
+    work = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+    return await loop.run_in_executor(request.app[EXECUTOR], work)
 
 
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
@@ -236,6 +267,13 @@ async def receive_hook(request: web.Request) -> web.Response:
             event.record.status.value,
             len(event.runs),
             len(event.dead_letters),
+            extra={
+                "event_id": event.record.event_id,
+                "outcome": event.record.status.value,
+                "source_event_id": event.record.source_event_id,
+                "runs": len(event.runs),
+                "dead_lettered": len(event.dead_letters),
+            },
         )
     return _answer(source, stored)
 
@@ -258,14 +296,16 @@ def create_app(
     raises ConfigError here, before the app serves anything.
     """
     # aiohttp's own limit is a safety net; read_body gives the JSON 413 first.
-    app = web.Application(middlewares=[measure, json_errors], client_max_size=settings.max_body_bytes + 1)
+    app = web.Application(
+        middlewares=[request_context, measure, json_errors], client_max_size=settings.max_body_bytes + 1
+    )
     app[SETTINGS] = settings
     app[CONFIG] = config
     app[METRICS] = RelayMetrics()
     app[READINESS] = Readiness()
-    app[VERIFIERS] = build_verifiers(
-        config.sources, secret_environment() if environ is None else environ, str(settings.config_path)
-    )
+    environ = secret_environment() if environ is None else environ
+    app[VERIFIERS] = build_verifiers(config.sources, environ, str(settings.config_path))
+    register_secrets(source_secrets(config.sources, environ))  # never in a log line
 
     async def connections(app: web.Application) -> AsyncIterator[None]:
         # A blocking pool makes a burst of reads wait for a free connection instead of failing them.

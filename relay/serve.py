@@ -18,6 +18,7 @@ from aiohttp import web
 
 from relay.config import RelayConfig
 from relay.ingress import READINESS, Readiness, create_app
+from relay.logs import AccessLogger
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ async def serve_ingress(
     app = create_app(settings, config)
     # Requests in flight when the port closes get what is left of the grace period.
     shutdown_timeout_s = max(settings.shutdown_grace_s - settings.drain_delay_s, MIN_SHUTDOWN_TIMEOUT_S)
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s, handle_signals=False)
+    runner = web.AppRunner(
+        app, shutdown_timeout=shutdown_timeout_s, handle_signals=False, access_log_class=AccessLogger
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()

@@ -15,6 +15,8 @@ from typing import Self
 
 from aiohttp import web
 
+from relay.logs import AccessLogger
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ async def start_site(
 
     On cleanup, requests in flight get ``shutdown_timeout_s`` to finish.
     """
-    options: dict[str, object] = {} if access_log else {"access_log": None}
+    options: dict[str, object] = {"access_log_class": AccessLogger} if access_log else {"access_log": None}
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s, **options)  # type: ignore[arg-type]
     await runner.setup()
     try:

@@ -129,3 +129,15 @@ def build_verifiers(
     if problems:
         raise ConfigError(problems)
     return verifiers
+
+
+def source_secrets(sources: Mapping[str, Source], environ: Mapping[str, str]) -> list[str]:
+    """The secret values the sources' schemes read from ``environ`` (and their parts), to keep out of logs."""
+    values = []
+    for source in sources.values():
+        for scheme in source.verify:
+            for variable in [] if isinstance(scheme, IpAllowList) else scheme.secrets:
+                secret = environ.get(variable, "")
+                # A basic scheme's password alone, a standard-webhooks secret without its prefix.
+                values += [secret, secret.partition(":")[2], secret.removeprefix("whsec_")]
+    return values

@@ -15,12 +15,14 @@ from typing import Any
 
 from prometheus_client import start_http_server
 from redis import Redis
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from relay.breaker import CircuitBreaker
 from relay.jobs import relay_queue
+from relay.logs import bind
 from relay.metrics import RelayMetrics
 from relay.queue_state import scrape_registry
 from relay.ratelimit import AccountRateLimit
@@ -110,6 +112,13 @@ class RelayWorker(SimpleWorker):
         # An idle worker waits on BLPOP this long before it looks for dead workers' runs again; RQ's
         # default (worker TTL - 15 s, about 7 minutes) would leave a crashed run unnoticed that long.
         return max(1, min(self.worker_ttl - 15, int(self.maintenance_interval)))
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        # Every line of the job, RQ's own included, carries the job's id and its event, source and route.
+        meta = job.meta or {}
+        fields = {key: str(meta[key]) for key in ("event_id", "source", "route") if meta.get(key)}
+        with bind(job_id=job.id, **fields):
+            return super().perform_job(job, queue, execution)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout is None or job.timeout < 0:
