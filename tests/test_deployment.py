@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
@@ -25,40 +24,12 @@ from pydantic import AliasChoices
 from relay.cli import build_parser
 from relay.metrics import METRIC_NAMES
 from relay.settings import ENV_PREFIX, Settings, env_name, load_settings
+from tests.deployment_files import COMPOSE_FILE, ROOT, compose, dashboard_arguments, dockerfile_stages
 
-ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-COMPOSE_FILE = ROOT / "docker-compose.yml"
 DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "phlo-relay.json"
 ALERTS_FILE = DEPLOY / "prometheus-alerts.yml"
 SANDBOX_ENV = {"PHLO_RELAY_ENV_FILE": "deploy/sandbox.env"}
-# Compose's ${NAME}, ${NAME:-default} (unset or empty), ${NAME-default} (unset) and $$.
-_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:?-)(?P<default>[^}]*))?\}|\$(?P<bare>\w+)")
-
-
-def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """A compose file's values with its variables replaced as Compose does."""
-    if isinstance(value, dict):
-        return {key: interpolate(item, env) for key, item in value.items()}
-    if isinstance(value, list):
-        return [interpolate(item, env) for item in value]
-    if not isinstance(value, str):
-        return value
-
-    def replace(match: re.Match[str]) -> str:
-        if match[0] == "$$":
-            return "$"
-        name, op = match["name"] or match["bare"], match["op"]
-        if name in env and (env[name] or op != ":-"):
-            return env[name]
-        return match["default"] if op else ""
-
-    return _VARIABLE.sub(replace, value)
-
-
-def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
-    loaded: dict[str, Any] = interpolate(yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8")), env or {})
-    return loaded
 
 
 def relay_services(env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
@@ -84,20 +55,6 @@ def setting_names() -> set[str]:
 
 def is_setting(name: str) -> bool:
     return name in setting_names() or name.startswith(f"{ENV_PREFIX}ACCOUNTS__")
-
-
-def dockerfile_stages() -> dict[str, list[str]]:
-    """The Dockerfile's instructions by stage name (continuation lines joined), in order."""
-    text = (ROOT / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
-    stages: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line.startswith("FROM "):
-            current = stages.setdefault(line.split(" AS ")[1].strip(), [])
-        current.append(" ".join(line.split()))
-    return stages
 
 
 def duration_s(text: str) -> float:
@@ -188,16 +145,10 @@ def test_every_relay_command_in_compose_is_a_real_command() -> None:
 def test_rq_dashboard_gets_real_options_and_reads_json_jobs() -> None:
     from rq_dashboard.cli import run
 
-    [entrypoint] = [line for line in dockerfile_stages()["dashboard"] if line.startswith("ENTRYPOINT ")]
-    program, *options = json.loads(entrypoint.removeprefix("ENTRYPOINT "))
-    service = compose()["services"]["rq-dashboard"]
-    assert program == "rq-dashboard"
-    context = run.make_context(program, [*options, *service["command"]])  # raises on an unknown option
+    context = run.make_context("rq-dashboard", dashboard_arguments())  # raises on an unknown option
     assert context.params["json"] is True  # the relay's jobs use RQ's JSONSerializer
-    assert (
-        service["environment"]["RQ_DASHBOARD_REDIS_URL"]
-        == relay_services()["worker"]["environment"]["RELAY_REDIS_URL"]
-    )
+    dashboard_redis = compose()["services"]["rq-dashboard"]["environment"]["RQ_DASHBOARD_REDIS_URL"]
+    assert dashboard_redis == relay_services()["worker"]["environment"]["RELAY_REDIS_URL"]
 
 
 @pytest.mark.parametrize("env", [{}, SANDBOX_ENV], ids=["production", "sandbox"])
