@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Refresh docs/img/rq-dashboard-*.png: runs the browser test of rq-dashboard, keeping its screenshots.
+
+.venv/bin/python docs/screenshots.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+if __name__ == "__main__":
+    env = {**os.environ, "RELAY_SCREENSHOT_DIR": str(ROOT / "docs" / "img"), "RELAY_REQUIRE_BROWSER": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_dashboard.py"]
+    raise SystemExit(subprocess.call(command, cwd=ROOT, env=env))
