@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from relay import metrics
 
@@ -33,6 +34,7 @@ MAX_RESTART_DELAY_S = 30.0
 STABLE_AFTER_S = 10.0  # a child that lived this long is healthy: its next restart waits the least
 CRASH_LOOP_RESTARTS = 5  # children that die this many times in a row, each young, stop the supervisor
 _PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
@@ -52,9 +54,22 @@ def _child_main(target: Callable[[], None]) -> None:
     if sys.platform == "linux":  # die with the supervisor rather than run on unsupervised
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
+    # Blocked by the supervisor around the fork, so that none reached this process's copy of its handler.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     target()
+
+
+def _start(context: Any, child: Child) -> None:
+    child.process = context.Process(target=_child_main, args=(child.target,), name=child.name)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        child.process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    child.started_at = time.monotonic()
+    log.info("started %s (pid %s)", child.name, child.process.pid)
 
 
 def supervise(children: list[Child], *, stop_timeout_s: float, restart_clean_exits: bool = True) -> int:
@@ -69,14 +84,16 @@ def supervise(children: list[Child], *, stop_timeout_s: float, restart_clean_exi
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Each signal is passed on: a second one stops the children at once, as it would stop one process.
+        # The second goes as SIGINT: two SIGTERMs sent before a child runs may reach it as one.
+        passed_on = signal.SIGINT if stopping else signal.SIGTERM
         if not stopping:
             stopping.append(time.monotonic())
             log.info("stopping %d process(es) (signal %d)", len(children), signum)
         for child in children:
             if child.process is not None and child.process.pid is not None:
-                os.kill(child.process.pid, signal.SIGTERM)
+                os.kill(child.process.pid, passed_on)
 
-    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     code = 0
     try:
         while True:
@@ -84,12 +101,7 @@ def supervise(children: list[Child], *, stop_timeout_s: float, restart_clean_exi
             if not stopping:
                 for child in children:
                     if child.process is None and now >= child.restart_at:
-                        child.process = context.Process(
-                            target=_child_main, args=(child.target,), name=child.name
-                        )
-                        child.process.start()
-                        child.started_at = now
-                        log.info("started %s (pid %s)", child.name, child.process.pid)
+                        _start(context, child)
             running = [child for child in children if child.process is not None]
             if not running and (stopping or not restart_clean_exits):
                 return code

@@ -188,5 +188,8 @@ def test_a_second_sigterm_stops_at_once(settings: Settings, processes: str) -> N
         lines.wait_for("draining")
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
+        try:
+            assert process.wait(timeout=15) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running; it logged: {lines.seen + list(lines.lines.queue)}") from None
         assert time.monotonic() - started < 15  # not the 30 s of the drain delay

@@ -63,7 +63,7 @@ async def test_oversized_body_is_413_declared_or_streamed(
         "/hooks/website-form", data=chunks(), headers={"Content-Type": "application/json"}
     )
     await refusal(response, 413, "body_too_large")
-    assert redis.dbsize() == 0
+    assert redis.dbsize() == 0, redis.keys()
 
 
 async def test_wrong_method_and_unknown_path_answer_json(
@@ -123,4 +123,4 @@ async def test_malformed_bodies_of_every_format_are_400_with_a_reason(
     client = await aiohttp_client(create_app(settings, config))
     response = await client.post("/hooks/website-form", data=body, headers={"Content-Type": content_type})
     await refusal(response, 400, "malformed_body")
-    assert redis.dbsize() == 0
+    assert redis.dbsize() == 0, redis.keys()
