@@ -191,5 +191,6 @@ def test_a_second_sigterm_stops_at_once(settings: Settings, processes: str) -> N
         try:
             assert process.wait(timeout=15) == 0
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running; it logged: {lines.seen + list(lines.lines.queue)}") from None
+            logged = lines.seen + list(lines.lines.queue)
+            raise AssertionError(f"still running; it logged: {logged}") from None
         assert time.monotonic() - started < 15  # not the 30 s of the drain delay
