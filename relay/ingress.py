@@ -33,7 +33,7 @@ from relay.config import RelayConfig, Source
 from relay.enqueue import EventStore, StoredEvent
 from relay.errors import BodyTooLarge, IngressRefused, RedisUnavailable, UnknownSource
 from relay.events import split_events
-from relay.logs import REQUEST_ID_HEADER, bind, register_secrets, request_id_from
+from relay.logs import DESCRIBED, REQUEST_ID_HEADER, bind, register_secrets, request_id_from
 from relay.mapping import map_event
 from relay.metrics import UNKNOWN_SOURCE, RelayMetrics
 from relay.origin import client_ip, public_url
@@ -69,7 +69,7 @@ VERIFIERS = web.AppKey("verifiers", dict[str, SourceVerifier])
 STORE = web.AppKey("store", EventStore)
 METRICS = web.AppKey("metrics", RelayMetrics)
 READINESS = web.AppKey("readiness", Readiness)
-REFUSAL = "relay_refusal"  # an error answer's code, kept on the response for the metrics
+REFUSAL = web.ResponseKey("relay_refusal", str)  # an error answer's code, kept for the metrics
 REDIS_THREADS = 8
 READ_CHUNK_BYTES = 64 * 1024
 SALESFORCE_ACK = (
@@ -151,12 +151,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             exc.message,
             extra={"outcome": "refused", "status": exc.status, "error": exc.code},
         )
-        return error_response(exc.status, exc.code, exc.message)
+        return described(error_response(exc.status, exc.code, exc.message))
     except (RedisUnavailable, RedisError) as exc:
         log.error("Redis unavailable: %s", exc, extra={"outcome": "unavailable", "status": 503})
-        return error_response(
-            503, "queue_unavailable", "the relay cannot store events right now; retry later"
-        )
+        message = "the relay cannot store events right now; retry later"
+        return described(error_response(503, "queue_unavailable", message))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -169,9 +168,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             request.path,
             extra={"outcome": "error", "status": 500},
         )
-        return error_response(
-            500, "internal_error", "the relay could not handle this request; nothing was stored"
-        )
+        message = "the relay could not handle this request; nothing was stored"
+        return described(error_response(500, "internal_error", message))
+
+
+def described(response: web.Response) -> web.Response:
+    """Mark a response whose request a log line already describes: it needs no access line."""
+    response[DESCRIBED] = True
+    return response
 
 
 async def in_thread(request: web.Request, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -275,7 +279,7 @@ async def receive_hook(request: web.Request) -> web.Response:
                 "dead_lettered": len(event.dead_letters),
             },
         )
-    return _answer(source, stored)
+    return described(_answer(source, stored))
 
 
 async def show_event(request: web.Request) -> web.Response:
