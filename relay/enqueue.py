@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,6 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.utils import utcformat
 
 from relay import keys, outcome
 from relay.errors import RedisUnavailable
@@ -69,7 +68,7 @@ MAX_BATCH_EVENTS = 200
 
 def new_event_id() -> str:
     """A relay event id: unique across sources, whatever the sender's own ids are."""
-    return f"evt_{uuid.uuid4().hex}"
+    return f"evt_{os.urandom(16).hex()}"  # as random as uuid4().hex, at a quarter of the cost
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,8 @@ class StoredEvent:
 def _first_outcome(
     record: EventRecord, run: PlannedRun | UnmappedRun, status: RunStatus, last_error: str | None = None
 ) -> RunOutcome:
-    return RunOutcome(
+    # model_construct: these values are the relay's own, already valid; validating them costs each event.
+    return RunOutcome.model_construct(
         job_id=job_id_for(record.event_id, run.route),
         route=run.route,
         phlo_id=run.phlo_id,
@@ -96,7 +96,7 @@ def _first_outcome(
 
 def _plan(source: str, incoming: IncomingEvent, mapped: MappedEvent, now: float) -> StoredEvent:
     routes = [run.route for run in mapped.runs] + [failure.route for failure in mapped.failures]
-    record = EventRecord(
+    record = EventRecord.model_construct(
         event_id=new_event_id(),
         source=source,
         source_event_id=incoming.source_event_id,
@@ -120,11 +120,9 @@ def _duplicate(planned: StoredEvent, first_event_id: str) -> StoredEvent:
     return StoredEvent(record=record, runs=[], dead_letters=[])
 
 
-def _argument(value: Any) -> bytes | str:
-    """A command argument as redis-py would send it (floats by repr, so no precision is lost in Lua)."""
-    if isinstance(value, bytes | str):
-        return value
-    return repr(value) if isinstance(value, float) else str(value)
+def _rq_time(epoch_s: float) -> str:
+    """A time as RQ writes it in a job (``rq.utils.utcformat``), without strftime's cost."""
+    return datetime.fromtimestamp(epoch_s, UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _writes(
@@ -185,14 +183,16 @@ class EventStore:
         Raises RedisUnavailable when Redis did not take the batch: nothing of the request was stored.
         """
         now = time.time()
-        stamp = utcformat(datetime.fromtimestamp(now, UTC))
+        stamp = _rq_time(now)
         planned = [_plan(source, incoming, mapped, now) for incoming, mapped in events]
         encoded = []
         pipe = self._recorder.pipeline(transaction=False)
         for (incoming, mapped), plan in zip(events, planned, strict=True):
             _writes(pipe, self._queue, self._settings, plan, mapped, incoming.document, stamp)
             seen = keys.seen_key(source, incoming.dedupe_id) if dedupe_window_s else ""
-            commands = [[_argument(arg) for arg in args] for args, _options in pipe.command_stack]
+            # Lua turns numbers back into text with 17 digits: floats keep their value, and the commands
+            # hold no integers beyond 2^53.
+            commands = [args for args, _options in pipe.command_stack]
             entry = [seen, dedupe_window_s, plan.record.event_id, commands]
             encoded.append(msgpack.packb(entry, use_bin_type=False))  # cmsgpack reads no bin types
             pipe.command_stack.clear()

@@ -6,12 +6,15 @@ import contextlib
 import json
 import time
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import utcformat
 
+from relay.enqueue import _rq_time
 from relay.jobs import queue_run, relay_queue, run_job_data, run_job_fields
 from relay.mapping import PlannedRun
 from relay.outcome import EventRecord, EventStatus
@@ -88,3 +91,8 @@ def test_rq_reads_the_ingress_job(redis: Redis, settings: Settings) -> None:
     assert job.meta == {"source": "website-form", "route": "callback", "phlo_id": KNOWN_PHLO,
                         "event_id": "evt_1"}  # fmt: skip
     assert job.origin == queue.name
+
+
+def test_the_ingress_writes_times_as_rq_does() -> None:
+    for epoch_s in (0.0, 1764624000.0, 1764624000.000001, 1796161263.534278, time.time()):
+        assert _rq_time(epoch_s) == utcformat(datetime.fromtimestamp(epoch_s, UTC))
