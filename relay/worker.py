@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import start_http_server
 from redis import Redis
+from redis.client import Pipeline
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
@@ -119,6 +120,16 @@ class RelayWorker(SimpleWorker):
         fields = {key: str(meta[key]) for key in ("event_id", "source", "route") if meta.get(key)}
         with bind(job_id=job.id, **fields):
             return super().perform_job(job, queue, execution)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        # RQ sends a heartbeat's three commands one round trip each, three times a job: one round trip
+        # each instead, the same commands. (RQ spends ~20 round trips on a job; this saves six.)
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        with self.connection.pipeline(transaction=False) as own:
+            super().heartbeat(timeout, pipeline=own)
+            own.execute()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout is None or job.timeout < 0:
