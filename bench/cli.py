@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import document, report
+from bench import document, report, targets
 from bench.burst import BurstPlan, run_burst
 from bench.delivery import DeliveryPlan, run_delivery
 from bench.harness import BenchError, Figures
@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also record py-spy flame graphs of the ingress (extra, unmeasured runs)",
     )
     parser.add_argument("--note", help="a note shown at the top of the written report")
+    parser.add_argument(
+        "--analysis",
+        type=Path,
+        metavar="MARKDOWN",
+        help="a file explaining the misses, included in the written report",
+    )
     parser.add_argument("--work-dir", type=Path, help="keep logs and Redis data here (default: a temp dir)")
     return parser
 
@@ -175,7 +181,7 @@ def _measure(args: argparse.Namespace, chosen: Plans, work_dir: Path, repeat: in
                     file=sys.stderr,
                     flush=True,
                 )
-            report.derive(figures)
+            targets.derive(figures)
             results.append(figures)
     return results
 
@@ -210,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen.method(),
             misses,
             args.note,
+            args.analysis.read_text(encoding="utf-8") if args.analysis else None,
         )
         document.write(args.write, lines, run)
         print(f"wrote {args.write}", file=sys.stderr)

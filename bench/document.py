@@ -83,6 +83,7 @@ class Run:
     method: Sequence[str]
     misses: Sequence[str]
     note: str | None = None
+    analysis: str | None = None  # markdown: why the misses, from whoever read the profiles
 
 
 RSS_PSS = (
@@ -113,6 +114,8 @@ def render(lines: Sequence[Line], run: Run) -> str:
         "",
     ]
     out += [f"- {miss}" for miss in run.misses] or ["None."]
+    if run.analysis:
+        out += ["", "### Why", "", run.analysis.strip()]
     out += ["", "## Machine", "", "| | |", "|---|---|"]
     out += [f"| {name} | {value} |" for name, value in machine()]
     out += [f"| load average | {run.load_before} before, {run.load_after} after |", ""]

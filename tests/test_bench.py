@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
-from bench import burst, cli, delivery, document, ingress, latency, report, wrk
+from bench import burst, cli, delivery, document, ingress, latency, report, targets, wrk
 from bench.harness import Figures, descendants, max_in_window, percentile, pss_kib, rss_kib, summarise
 from bench.signing import (
     CONFIG,
@@ -139,7 +139,7 @@ def test_derived_figures() -> None:
     figures = _repeat(
         ingress__relay__rate=500, ingress__relay2__rate=900, burst__sent=100, burst__accepted=98
     )
-    report.derive(figures)
+    targets.derive(figures)
     assert figures.values["ingress.relay2.scaling"] == 1.8
     assert figures.values["burst.not_accepted"] == 2
 
