@@ -14,6 +14,7 @@ By default the account's rate limit is lifted, to measure capacity: at Plivo's 3
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from bench import wrk
-from bench.harness import BenchError, Figures, MemorySampler, descendants
+from bench.harness import BenchError, BenchTimeout, Figures, MemorySampler, descendants
 from bench.signing import ROUTE, signed_requests, write_wrk_data
 from bench.stack import LIFTED_RATE_LIMIT, Settings, Stack
 from relay import keys
@@ -110,9 +111,12 @@ def run_burst(stack: Stack, plan: BurstPlan) -> Figures:
         with MemorySampler(lambda: descendants(ingress.pid)) as memory:
             result = wrk.run_each_once(url, data, deadline_s=deadline_s, connections=plan.connections)
         ingested_at = time.time()
+        print(f"  burst: {result.describe()}", file=sys.stderr, flush=True)
+        ingress.require_alive()  # a dead ingress makes every later webhook a connection error
         try:
             stack.wait_done(result.accepted, _drain_timeout_s(plan), [ingress, *workers])
-        except BenchError as exc:
+        except BenchTimeout as exc:
+            print(f"  burst: the drain did not complete: {exc}", file=sys.stderr, flush=True)
             figures.notes["burst.lost"] = str(exc)  # counted below: runs neither delivered nor dead
         with stack.redis() as redis:
             outcomes = read_outcomes(redis)

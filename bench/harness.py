@@ -30,6 +30,10 @@ class BenchError(RuntimeError):
     """A benchmark could not measure what it claims to: it stops the run instead of printing a figure."""
 
 
+class BenchTimeout(BenchError):
+    """What was awaited did not happen in time (while every process it depends on still ran)."""
+
+
 @dataclass
 class Figures:
     """What one repetition of a benchmark measured: figures by key, and why a figure is missing."""
@@ -82,7 +86,9 @@ class Service:
 
     def require_alive(self) -> None:
         if not self.alive():
-            raise BenchError(f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}")
+            code = self.process.returncode
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            raise BenchError(f"{self.name} {how} while being measured:\n{self.log_tail()}")
 
     def wait_exit(self, timeout_s: float) -> None:
         """Wait for a process that ends by itself (a burst worker); BenchError unless it exits with 0."""
@@ -118,7 +124,7 @@ def poll_until(
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            raise BenchTimeout(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval_s)  # polling with the deadline above
 
 
