@@ -1,166 +1,144 @@
-"""Ingress benchmark: webhooks accepted per second and answer latency, beside a baseline in the same run.
+"""Benchmark 1, ingress: signed webhooks accepted per second at 32 connections, beside two baselines.
 
-    .venv/bin/python bench/ingress.py [--requests 4000] [--concurrency 32]
+Each server runs in its own process and is hit by the same wrk script (bench/signed.lua) with the same
+pre-signed bodies, each body sent once:
 
-What it starts, all on this machine: a private Redis (append-only file on, as in production), `relay serve`
-in its own process, and, as the baseline, a bare aiohttp server in its own process that reads and parses
-the same JSON body and answers 202 without mapping or storing anything. The load generator is an aiohttp
-client in this process with a fixed number of concurrent senders; on a 2-core machine it competes with the
-server for CPU, so read the figures side by side, not as absolutes.
+- ``bare``: aiohttp that reads the body and answers 202, nothing else (the ceiling);
+- ``naive``: aiohttp that verifies nothing and calls RQ's ``Queue.enqueue`` per request on a thread;
+- ``relay``: ``relay serve``: HMAC verification, mapping, one transaction storing the event and its run;
+- ``relay2``: ``relay serve --processes 2`` (n/a until the option exists).
+
+Before the relay is measured, one signed webhook must get 202 and a wrongly signed one 401, so the figures
+provably include verification. The measured run gets more pre-signed bodies than it can use: 1.5 times
+what the bare baseline answered in this repetition (nothing here is faster), or 3 times the server's own
+warm-up rate when that is more; a run that still runs out is void, not reported.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
-import platform
-import statistics
+import math
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
+from bench import wrk
+from bench.harness import Figures, MemorySampler, Service, descendants
+from bench.load import check_verification
+from bench.signing import HOOK_PATH, signed_requests, write_wrk_data
+from bench.stack import Stack, supports_option
+from relay.redis_server import free_port
 
-from relay.redis_server import EmbeddedRedis, free_port
-
-CONFIG = """
-sources:
-  website-form:
-    event_id: {path: submission_id}
-    event_type: {path: form}
-routes:
-  - name: callback
-    source: website-form
-    events: [callback-request]
-    phlo_id: 8f0a6c2e-1d4b-4c5e-9a7b-3e2f1d0c9b8a
-    payload:
-      from: "+14155550100"
-      to: {path: phone, required: true}
-      name: {path: name, default: there}
-"""
-
-BASELINE_SERVER = """
-import json, sys
-from aiohttp import web
-
-async def hook(request):
-    json.loads(await request.read())
-    return web.json_response({"status": "accepted"}, status=202)
-
-app = web.Application()
-app.router.add_post("/hooks/{source}", hook)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-"""
-
-BODY = {"submission_id": "sub-1", "form": "callback-request", "name": "Ada", "phone": "+14155550123"}
+SERVERS = ("bare", "naive", "relay", "relay2")
+LABELS = {
+    "bare": "bare aiohttp: read body, 202",
+    "naive": "naive: RQ Queue.enqueue per request",
+    "relay": "relay serve, 1 process",
+    "relay2": "relay serve --processes 2",
+}
+WARMUP_CAPACITY_PER_S = 20_000  # more than any server here answers: a warm-up never runs dry
+DATA_MARGIN = 1.5
+WARMUP_MARGIN = 3.0
+MIB = 1024
 
 
-async def wait_until_up(url: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url):
-                    return
-            except aiohttp.ClientConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)  # polling for the server's port, with a deadline
+@dataclass(frozen=True)
+class IngressPlan:
+    duration_s: float
+    warmup_s: float
+    connections: int = 32
+    threads: int = 2
+    profile_dir: Path | None = None
 
 
-async def drive(url: str, requests: int, concurrency: int) -> dict[str, float]:
-    """Send ``requests`` POSTs with ``concurrency`` senders; every answer must be 202."""
-    latencies_ms: list[float] = []
-    remaining = iter(range(requests))
-    run = uuid.uuid4().hex[:8]  # event ids unique across runs: a repeat would be answered as a duplicate
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def sender() -> None:
-            for number in remaining:
-                body = json.dumps({**BODY, "submission_id": f"sub-{run}-{number}"}).encode()
-                started = time.perf_counter()
-                async with session.post(
-                    url, data=body, headers={"Content-Type": "application/json"}
-                ) as answer:
-                    await answer.read()
-                    if answer.status != 202:
-                        raise RuntimeError(f"answer {answer.status}: {await answer.text()}")
-                latencies_ms.append((time.perf_counter() - started) * 1000)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
-        elapsed_s = time.perf_counter() - started
-    latencies_ms.sort()
-    return {
-        "rate": requests / elapsed_s,
-        "p50": statistics.median(latencies_ms),
-        "p99": latencies_ms[int(len(latencies_ms) * 0.99) - 1],
-        "max": latencies_ms[-1],
-    }
+def _start(stack: Stack, kind: str) -> tuple[Service, str]:
+    if kind in ("relay", "relay2"):
+        return stack.start_ingress(processes=2 if kind == "relay2" else 1)
+    port = free_port()
+    command = [sys.executable, "-m", "bench.baselines", kind, str(port)]
+    if kind == "naive":
+        command.append(stack.redis_server.url)
+    service, url = stack.start_http(f"baseline-{kind}-{port}", command, port, stack.env())
+    return service, url + HOOK_PATH
 
 
-def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _data(stack: Stack, count: int) -> Path:
+    path = stack.work_dir / "wrk-data.txt"
+    write_wrk_data(path, signed_requests(stack.secret, f"ing-{uuid.uuid4().hex[:12]}", count))
+    return path
 
 
-async def measure(args: argparse.Namespace, work_dir: Path) -> list[tuple[str, dict[str, float]]]:
-    config_path = work_dir / "routes.yaml"
-    config_path.write_text(CONFIG, encoding="utf-8")
-    results = []
-    with EmbeddedRedis(work_dir / "redis", appendonly=True) as redis_server:
-        relay_port, baseline_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "RELAY_REDIS_URL": redis_server.url,
-            "RELAY_CONFIG_PATH": str(config_path),
-            "RELAY_PORT": str(relay_port),
-            "RELAY_LOG_LEVEL": "WARNING",
+def _profile(stack: Stack, service: Service, url: str, plan: IngressPlan, capacity_per_s: float) -> None:
+    """An extra, unmeasured run with py-spy attached: a flame graph of the ingress under the same load."""
+    assert plan.profile_dir is not None
+    plan.profile_dir.mkdir(parents=True, exist_ok=True)
+    output = plan.profile_dir / f"ingress-{service.name}.svg"
+    spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking", "--subprocesses"]
+    spy += ["-o", str(output), "--pid", str(service.pid), "--duration", str(int(plan.duration_s))]
+    profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        data = _data(stack, math.ceil(capacity_per_s * plan.duration_s))
+        wrk.run_for(url, data, duration_s=plan.duration_s, connections=plan.connections)
+    finally:
+        profiler.wait(timeout=plan.duration_s + 60)
+
+
+def measure_server(
+    stack: Stack, kind: str, plan: IngressPlan, *, ceiling_per_s: float | None, profile: bool
+) -> Figures:
+    """Start one server, warm it up, measure it with wrk; figures keyed ``ingress.<kind>.*``.
+
+    ``ceiling_per_s``: the fastest rate expected (the bare baseline's), to size the data; None: unknown.
+    """
+    stack.flush()
+    service, url = _start(stack, kind)
+    try:
+        if kind.startswith("relay"):
+            check_verification(url, next(signed_requests(stack.secret, uuid.uuid4().hex, 1)), stack.secret)
+        warm_data = _data(stack, math.ceil(WARMUP_CAPACITY_PER_S * plan.warmup_s))
+        warm = wrk.run_for(url, warm_data, duration_s=plan.warmup_s, connections=plan.connections)
+        warm_rate = max(warm.answered / warm.duration_s, 100.0)
+        capacity_per_s = max(warm_rate * WARMUP_MARGIN, (ceiling_per_s or 0) * DATA_MARGIN)
+        data = _data(stack, math.ceil(capacity_per_s * plan.duration_s))
+        with MemorySampler(lambda: descendants(service.pid)) as memory:
+            result = wrk.run_for(
+                url, data, duration_s=plan.duration_s, threads=plan.threads, connections=plan.connections
+            )
+        service.require_alive()
+        print(f"  {LABELS[kind]}: {result.describe()}", file=sys.stderr, flush=True)
+        if profile and plan.profile_dir is not None:
+            _profile(stack, service, url, plan, capacity_per_s)
+    finally:
+        stack.stop(service)
+    key = f"ingress.{kind}"
+    return Figures(
+        values={
+            f"{key}.rate": result.accepted_per_s,
+            f"{key}.p50_ms": result.latency_ms["p50"],
+            f"{key}.p99_ms": result.latency_ms["p99"],
+            f"{key}.max_ms": result.latency_ms["max"],
+            f"{key}.refused": float(result.non_2xx + result.socket_errors),
+            f"{key}.duplicates": float(result.duplicates),
+            f"{key}.rss_mib": memory.peak.rss_sum_kib / MIB,
+            f"{key}.answered": float(result.answered),
         }
-        servers = [
-            (
-                "baseline: bare aiohttp, parse JSON, 202",
-                baseline_port,
-                [sys.executable, "-c", BASELINE_SERVER, str(baseline_port)],
-            ),
-            ("relay serve: map + store job and record", relay_port, [sys.executable, "-m", "relay", "serve"]),
-        ]
-        for label, port, command in servers:
-            process = start(command, env)
-            try:
-                url = f"http://127.0.0.1:{port}/hooks/website-form"
-                await wait_until_up(f"http://127.0.0.1:{port}/")
-                await drive(url, min(500, args.requests), args.concurrency)  # warm-up
-                results.append((label, await drive(url, args.requests, args.concurrency)))
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
-    return results
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="relay-bench-") as work_dir:
-        results = asyncio.run(measure(args, Path(work_dir)))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(
-        f"load: {args.requests} POSTs, {args.concurrency} concurrent senders (aiohttp client, same machine)"
-    )
-    print(f"{'server':<42} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for label, figures in results:
-        rate, p50, p99, worst = figures["rate"], figures["p50"], figures["p99"], figures["max"]
-        print(f"{label:<42} {rate:>8.0f} {p50:>8.2f} {p99:>8.2f} {worst:>8.2f}")
 
 
-if __name__ == "__main__":
-    main()
+def run_ingress(stack: Stack, plan: IngressPlan, repeat: int) -> Figures:
+    """Every server of SERVERS once, in order; ratios against ``bare`` from this same repetition."""
+    figures = Figures()
+    two_processes = supports_option(["serve"], "--processes")
+    for kind in SERVERS:
+        if kind == "relay2" and not two_processes:
+            figures.notes["ingress.relay2"] = "n/a: `relay serve --processes` not available yet"
+            continue
+        ceiling = figures.values.get("ingress.bare.rate")
+        profile = repeat == 0 and kind.startswith("relay")
+        figures.merge(measure_server(stack, kind, plan, ceiling_per_s=ceiling, profile=profile))
+    bare = figures.values["ingress.bare.rate"]
+    for kind in SERVERS[1:]:
+        if f"ingress.{kind}.rate" in figures.values:
+            figures.values[f"ingress.{kind}.ratio"] = figures.values[f"ingress.{kind}.rate"] / bare
+    return figures

@@ -1,0 +1,186 @@
+"""Issue 6's targets, figure by figure: what each row of the report shows and the bound it must meet."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.harness import Figures
+
+MEMORY_TARGET_MIB = 1.5e9 / 2**20  # "under 1.5 GB", read strictly: 1.5 x 10^9 bytes, 1430 MiB
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound on a figure's median (``on="value"``) or on its median ratio to the baseline."""
+
+    op: str
+    bound: float
+    on: str = "value"
+
+    def met(self, value: float) -> bool:
+        return _OPERATORS[self.op](value, self.bound)
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    label: str
+    key: str
+    unit: str = ""
+    baseline: str | None = None
+    ratio: str | None = None
+    target: Target | None = None
+
+
+def rows(workers: int) -> list[Row]:
+    """Every figure the report shows, in order. ``workers`` is the pool size of the 300 ms case."""
+    ingress, delivery, latency = "1. Ingress", "2. Delivery", "3. Latency"
+    burst, memory = "4. Burst", "5. Memory"
+    bare = "ingress.bare"
+    return [
+        Row(ingress, "accepted/s: bare aiohttp, read body, 202 (the baseline)", f"{bare}.rate", "/s"),
+        Row(
+            ingress,
+            "accepted/s: naive aiohttp + RQ Queue.enqueue (reference ~0.12x)",
+            "ingress.naive.rate",
+            "/s",
+            f"{bare}.rate",
+            "ingress.naive.ratio",
+        ),
+        Row(
+            ingress,
+            "accepted/s: relay serve, 1 process",
+            "ingress.relay.rate",
+            "/s",
+            f"{bare}.rate",
+            "ingress.relay.ratio",
+            Target(">=", 0.5, on="ratio"),
+        ),
+        Row(ingress, "p50 answer: relay serve, 1 process", "ingress.relay.p50_ms", "ms", f"{bare}.p50_ms"),
+        Row(
+            ingress,
+            "p99 answer: relay serve, 1 process",
+            "ingress.relay.p99_ms",
+            "ms",
+            f"{bare}.p99_ms",
+            target=Target("<=", 25),
+        ),
+        Row(
+            ingress,
+            "webhooks not answered 2xx: relay serve, 1 process",
+            "ingress.relay.refused",
+            target=Target("==", 0),
+        ),
+        Row(
+            ingress,
+            "answered as duplicates: relay serve, 1 process",
+            "ingress.relay.duplicates",
+            target=Target("==", 0),
+        ),
+        Row(
+            ingress,
+            "accepted/s: relay serve --processes 2",
+            "ingress.relay2.rate",
+            "/s",
+            f"{bare}.rate",
+            "ingress.relay2.ratio",
+        ),
+        Row(ingress, "scaling: 2 processes / 1 process", "ingress.relay2.scaling", "x"),
+        Row(
+            ingress,
+            "p99 answer: relay serve --processes 2",
+            "ingress.relay2.p99_ms",
+            "ms",
+            f"{bare}.p99_ms",
+            target=Target("<=", 25),
+        ),
+        Row(
+            ingress,
+            "webhooks not answered 2xx: relay serve --processes 2",
+            "ingress.relay2.refused",
+            target=Target("==", 0),
+        ),
+        Row(
+            delivery,
+            "runs/s: 1 relay worker, sandbox at once (baseline: stock RQ SimpleWorker, no-op)",
+            "delivery.relay1.rate",
+            "/s",
+            "delivery.rq.rate",
+            "delivery.relay1.ratio",
+            Target(">=", 0.8, on="ratio"),
+        ),
+        Row(
+            delivery,
+            f"sustained runs/s: {workers} workers, runner answering after 300 ms",
+            "delivery.pool.rate",
+            "/s",
+            target=Target(">=", 55),
+        ),
+        Row(
+            delivery,
+            "most runs in any 5 s window (Plivo allows 300)",
+            "delivery.pool.max_5s",
+            target=Target("<=", 300),
+        ),
+        Row(
+            delivery,
+            f"all {workers} worker processes, peak RSS sum",
+            "delivery.pool.rss_mib",
+            "MiB",
+            target=Target("<=", MEMORY_TARGET_MIB),
+        ),
+        Row(delivery, f"all {workers} worker processes, peak PSS sum", "delivery.pool.pss_mib", "MiB"),
+        Row(
+            latency,
+            "webhook arrival to runner receipt, p50 (50 events/s, idle workers)",
+            "latency.p50_ms",
+            "ms",
+            target=Target("<=", 10),
+        ),
+        Row(
+            latency, "webhook arrival to runner receipt, p99", "latency.p99_ms", "ms", target=Target("<=", 50)
+        ),
+        Row(latency, "webhook arrival to runner receipt, max", "latency.max_ms", "ms"),
+        Row(latency, "ingress answer at 50 events/s, p99", "latency.answer_p99_ms", "ms"),
+        Row(latency, "events measured", "latency.events"),
+        Row(latency, "rate the generator achieved", "latency.sent_per_s", "/s"),
+        Row(burst, "webhooks sent", "burst.sent"),
+        Row(burst, "not answered 202 (must all be accepted)", "burst.not_accepted", target=Target("==", 0)),
+        Row(burst, "answered 5xx", "burst.server_errors", target=Target("==", 0)),
+        Row(burst, "ingress accepted/s during the burst (1 process)", "burst.ingress_rate", "/s"),
+        Row(burst, "p99 answer during the burst", "burst.answer_p99_ms", "ms"),
+        Row(burst, "drain: first arrival to last run ended", "burst.drain_s", "s"),
+        Row(burst, "delivered", "burst.delivered"),
+        Row(burst, "dead-lettered", "burst.dead_lettered"),
+        Row(
+            burst,
+            "lost (accepted, neither delivered nor dead-lettered)",
+            "burst.lost",
+            target=Target("==", 0),
+        ),
+        Row(
+            memory,
+            "ingress process under load (wrk, 32 connections), peak RSS",
+            "ingress.relay.rss_mib",
+            "MiB",
+        ),
+        Row(memory, "ingress process during the burst, peak RSS", "burst.ingress_rss_mib", "MiB"),
+        Row(memory, "one worker process, idle, RSS", "worker.idle_rss_mib", "MiB"),
+        Row(memory, "one worker process, busy (largest seen), RSS", "worker.busy_rss_mib", "MiB"),
+    ]
+
+
+def derive(figures: Figures) -> None:
+    """Figures computed from others within one repetition."""
+    values = figures.values
+    if "ingress.relay2.rate" in values and "ingress.relay.rate" in values:
+        values["ingress.relay2.scaling"] = values["ingress.relay2.rate"] / values["ingress.relay.rate"]
+    if "burst.sent" in values:
+        values["burst.not_accepted"] = values["burst.sent"] - values["burst.accepted"]
