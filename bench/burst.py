@@ -26,7 +26,7 @@ from bench.harness import BenchError, BenchTimeout, Figures, MemorySampler, desc
 from bench.signing import ROUTE, signed_requests, write_wrk_data
 from bench.stack import LIFTED_RATE_LIMIT, Settings, Stack
 from relay import keys
-from relay.enqueue import job_id_for
+from relay.jobs import job_id_for
 from relay.outcome import RunStatus
 
 MIB = 1024
