@@ -83,8 +83,7 @@ class StoredEvent:
 def _first_outcome(
     record: EventRecord, run: PlannedRun | UnmappedRun, status: RunStatus, last_error: str | None = None
 ) -> RunOutcome:
-    # model_construct: these values are the relay's own, already valid; validating them costs each event.
-    return RunOutcome.model_construct(
+    return RunOutcome(
         job_id=job_id_for(record.event_id, run.route),
         route=run.route,
         phlo_id=run.phlo_id,
@@ -96,7 +95,7 @@ def _first_outcome(
 
 def _plan(source: str, incoming: IncomingEvent, mapped: MappedEvent, now: float) -> StoredEvent:
     routes = [run.route for run in mapped.runs] + [failure.route for failure in mapped.failures]
-    record = EventRecord.model_construct(
+    record = EventRecord(
         event_id=new_event_id(),
         source=source,
         source_event_id=incoming.source_event_id,
