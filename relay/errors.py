@@ -8,6 +8,7 @@
     │   ├── UnknownSource          404
     │   ├── VerificationFailed     401 (the reason never shows the expected value)
     │   ├── MalformedBody          400
+    │   ├── MalformedHeader        400 (a header the relay reads, such as the event id's, is not UTF-8)
     │   ├── UnsupportedMediaType   415
     │   └── BodyTooLarge           413
     ├── MappingError           an event cannot be mapped for a route (a required field is missing, ...)
@@ -83,6 +84,11 @@ class VerificationFailed(IngressRefused):
 class MalformedBody(IngressRefused):
     status = 400
     code = "malformed_body"
+
+
+class MalformedHeader(IngressRefused):
+    status = 400
+    code = "malformed_header"
 
 
 class UnsupportedMediaType(IngressRefused):

@@ -10,7 +10,7 @@ from typing import Any
 from jmespath.exceptions import JMESPathError
 
 from relay.config import LiteralValue, Locator, RelayConfig, Route, compile_expression
-from relay.errors import MappingError
+from relay.errors import MalformedHeader, MappingError
 from relay.retry import RetryOverride
 
 
@@ -60,11 +60,25 @@ def _is_missing(value: Any) -> bool:
     return value is None or value == ""
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None and not value.isascii():
+        try:  # aiohttp decodes bytes that are not UTF-8 to lone surrogates, which nothing can store
+            value.encode()
+        except UnicodeEncodeError:
+            raise MalformedHeader(f"header {name} is not valid UTF-8") from None
+    return value
+
+
 def locate(locator: Locator | None, document: Any, headers: Mapping[str, str]) -> str | None:
-    """The value a locator points at, as text, or None when absent."""
+    """The value a locator points at, as text, or None when absent; MalformedHeader when not UTF-8."""
     if locator is None:
         return None
-    value = headers.get(locator.header) if locator.header is not None else search(str(locator.path), document)
+    value = (
+        _header(headers, locator.header)
+        if locator.header is not None
+        else search(str(locator.path), document)
+    )
     if _is_missing(value) or isinstance(value, dict | list):
         return None
     return str(value)

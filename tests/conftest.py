@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -219,6 +221,37 @@ def poll(check: Callable[[], T | None], timeout_s: float = 20.0) -> T:
             return value
         assert time.monotonic() < deadline, "condition not reached before the deadline"
         time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """What a server answered to bytes sent over a plain socket."""
+
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def send_raw(port: int, data: bytes, host: str = "127.0.0.1", timeout_s: float = 10.0) -> RawResponse:
+    """Send bytes no HTTP client would (bytes that are not UTF-8 in a header, ...) and read the answer."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(timeout_s):
+            head = await reader.readuntil(b"\r\n\r\n")
+            status_line, *lines = head.decode("latin-1").split("\r\n")
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines if line)
+            }
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+    finally:
+        writer.close()
+    return RawResponse(int(status_line.split()[1]), headers, body)
 
 
 def answers(url: str) -> int | None:

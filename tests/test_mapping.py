@@ -8,6 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from relay.config import Locator, RelayConfig, parse_config
+from relay.errors import MalformedHeader
 from relay.mapping import PlannedRun, UnmappedRun, locate, map_event
 
 FROM = "+14155550100"
@@ -343,3 +344,11 @@ def test_locate_returns_none_for_objects_lists_and_empty(value: Any) -> None:
 def test_locate_absent_path_or_no_locator() -> None:
     assert locate(Locator(path="a.b"), {"a": "not an object"}, {}) is None
     assert locate(None, {"id": "x"}, {}) is None
+
+
+def test_locate_refuses_a_header_that_is_not_utf8() -> None:
+    """Regression: an event id header with a byte that is not UTF-8 reached Redis and failed there (a 500)."""
+    headers = CIMultiDict({"X-Id": "evt-\udcff"})  # how aiohttp hands such a byte over
+    with pytest.raises(MalformedHeader, match="header X-Id is not valid UTF-8"):
+        locate(Locator(header="X-Id"), {}, headers)
+    assert locate(Locator(header="X-Id"), {}, CIMultiDict({"X-Id": "évt-1"})) == "évt-1"
