@@ -12,7 +12,8 @@ Formats, by Content-Type (case-insensitive):
 In a form, ``json_fields`` are decoded from JSON text in place (Jotform's ``rawRequest``), and a
 ``form_document_field`` holds the whole JSON document (GitHub's ``payload=``). What does not parse is
 MalformedBody (400); a missing or unknown media type or charset is UnsupportedMediaType (415). The mapping
-only ever sees plain JSON values: dicts, lists, str, int, float, bool and None.
+only ever sees plain JSON values: dicts, lists, str, int, float, bool and None, its text all characters
+(no lone surrogate, which neither UTF-8 nor Redis can hold), nested at most MAX_DEPTH levels.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ MAX_FIELDS = 10_000
 MAX_DEPTH = 100  # far beyond any sender's document, far below Python's recursion limit (json.dumps, ...)
 
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")  # RFC 2046 bchars
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _NS = "\x1f"  # between namespace and local name; cannot occur in XML 1.0 text
 _XSI_NIL = f"@http://www.w3.org/2001/XMLSchema-instance{_NS}nil"
 _DEFECTS = {
@@ -84,16 +84,12 @@ def _finite_float(text: str) -> float:
 
 def _json(text: str, what: str) -> Any:
     """JSON text (a UTF-8 BOM tolerated); NaN and Infinity are refused, the runner could not send them on."""
-    try:
+    try:  # "\ud800" parses, but is no character: _check_document refuses it with any other such text
         document = json.loads(
             text.removeprefix("\ufeff"), parse_constant=_reject_constant, parse_float=_finite_float
         )
-        if _SURROGATE_ESCAPE.search(text):  # "\ud800" parses, but is no character: UTF-8 cannot hold it
-            json.dumps(document, ensure_ascii=False).encode()
     except RecursionError:
         raise MalformedBody(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
-    except UnicodeEncodeError:
-        raise MalformedBody(f"{what} holds an unpaired surrogate escape (\\ud800-\\udfff)") from None
     except ValueError as exc:
         raise MalformedBody(f"{what} is not valid JSON: {exc}") from None
     return document
@@ -239,13 +235,30 @@ def _xml(body: bytes, charset: str | None) -> Any:
         raise MalformedBody(f"body is not valid XML: {exc}") from None
 
 
-def _check_depth(document: Any) -> None:
+def _require_text(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise MalformedBody(
+                "body holds an unpaired surrogate (\\ud800-\\udfff), which is no character"
+            ) from None
+
+
+def _check_document(document: Any) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, and text no store can hold: lone surrogates, which JSON
+    escapes and codecs such as unicode_escape (percent-decoded form fields too) make."""
     stack = [(document, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict | list):
+        if isinstance(value, str):
+            _require_text(value)
+        elif isinstance(value, dict | list):
             if depth > MAX_DEPTH:
                 raise MalformedBody(f"body is nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, dict):
+                for key in value:
+                    _require_text(key)
             stack.extend(
                 (child, depth + 1) for child in (value.values() if isinstance(value, dict) else value)
             )
@@ -284,5 +297,5 @@ def parse_body(
         document = _form_document(fields, json_fields, form_document_field)
     else:
         raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported; send {SUPPORTED}")
-    _check_depth(document)
+    _check_document(document)
     return document

@@ -576,3 +576,22 @@ def test_any_truncation_is_a_document_or_a_refusal(content_type: str, body: byte
             assert exc.status in (400, 415)
         else:
             json.dumps(document, ensure_ascii=False, allow_nan=False).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (f"{FORM}; charset=unicode_escape", b"submission_id=%5Cud800"),
+        (f"{FORM}; charset=raw_unicode_escape", b"a=1&b=x%5Cudfff"),
+        (f"{FORM}; charset=unicode_escape", b"%5Cud800=1"),
+        (FORM, b"rawRequest=%7B%22a%22%3A%22%5Cud800%22%7D"),  # JSON text in a field: {"a":"\ud800"}
+        ("application/json", b'{"\\udc00": 1}'),
+        ("application/json", b'[[["\\ud83d"]]]'),
+    ],
+    ids=["form-value", "form-raw-escape", "form-name", "json-field", "json-key", "json-nested"],
+)
+def test_text_that_decodes_to_lone_surrogates_is_refused_anywhere(content_type: str, body: bytes) -> None:
+    """Regression: percent-decoding with charset=unicode_escape made lone surrogates the checks of the whole
+    body missed; as an event id they failed to encode in Redis, a 500."""
+    with pytest.raises(MalformedBody, match="unpaired surrogate"):
+        parse_body(content_type, body, json_fields=["rawRequest"])
