@@ -54,6 +54,11 @@ def search(expression: str, document: Any) -> Any:
         return compile_expression(expression).search(document)
     except JMESPathError:
         return None
+    # On some documents JMESPath's functions raise plain Python errors: floor() of an infinity
+    # (OverflowError), a zero slice step (ValueError), merge() of a number (TypeError), a long pipe
+    # (RecursionError). The sender's document must not turn them into a 500.
+    except (ArithmeticError, TypeError, ValueError, RecursionError):
+        return None
 
 
 def _is_missing(value: Any) -> bool:

@@ -352,3 +352,29 @@ def test_locate_refuses_a_header_that_is_not_utf8() -> None:
     with pytest.raises(MalformedHeader, match="header X-Id is not valid UTF-8"):
         locate(Locator(header="X-Id"), {}, headers)
     assert locate(Locator(header="X-Id"), {}, CIMultiDict({"X-Id": "évt-1"})) == "évt-1"
+
+
+def one_path_route(path: str, when: str | None = None) -> RelayConfig:
+    condition = f", when: {when!r}" if when else ""
+    return config_of(
+        f"sources: {{s: {{}}}}\nroutes:\n  - {{name: r, source: s, phlo_id: p{condition}, "
+        f"payload: {{x: {{path: {path!r}}}, y: {{path: y}}}}}}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    [
+        ("floor(to_number(a))", {"a": "1.0e999"}),  # OverflowError: cannot convert float infinity
+        ("ceil(sum(a))", {"a": [1e308, 1e308]}),
+        ("a[::0]", {"a": [1]}),  # ValueError: slice step cannot be zero
+        ("merge(a, b)", {"a": {}, "b": 1}),  # TypeError: 'int' object is not iterable
+        ("a" + " | a" * 400, {"a": 1}),  # RecursionError
+    ],
+    ids=["overflow", "overflow-sum", "zero-step", "merge-number", "recursion"],
+)
+def test_an_expression_that_fails_on_the_document_counts_as_no_value(path: str, document: Any) -> None:
+    """Regression: JMESPath raised plain Python errors on these documents, which escaped map_event: a 500."""
+    [run] = map_event(one_path_route(path), "s", None, {**document, "y": 1}).runs
+    assert run.payload == {"y": 1}
+    assert map_event(one_path_route("y", when=path), "s", None, document).ignored
