@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -61,6 +62,14 @@ def search(expression: str, document: Any) -> Any:
         return None
 
 
+def _is_finite(value: Any) -> bool:
+    try:  # what the runner's request body allows, nested values included
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or value == ""
 
@@ -113,6 +122,10 @@ def build_payload(route: Route, document: Any) -> dict[str, Any]:
                     raise MappingError(
                         route.name, f"required payload key {key!r}: path {spec.path!r} found no value"
                     )
+        if not _is_finite(value):  # to_number('1e999'), to_number('NaN'): JSON has no such numbers
+            raise MappingError(
+                route.name, f"payload key {key!r} holds an infinity or NaN, which JSON cannot carry"
+            )
         # Like plivo-python, keys without a value are not sent.
         if value is not None:
             payload[key] = value

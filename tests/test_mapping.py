@@ -378,3 +378,14 @@ def test_an_expression_that_fails_on_the_document_counts_as_no_value(path: str, 
     [run] = map_event(one_path_route(path), "s", None, {**document, "y": 1}).runs
     assert run.payload == {"y": 1}
     assert map_event(one_path_route("y", when=path), "s", None, document).ignored
+
+
+@pytest.mark.parametrize("text", ["1.0e999", "-1.0e999", "NaN", "inf"])
+def test_a_number_json_cannot_carry_is_a_mapping_failure(text: str) -> None:
+    """Regression: to_number() made an infinity or NaN, which the worker could not send (a failure each
+    attempt, with a misleading reason); now the route is dead-lettered at once, saying why."""
+    for path in ("to_number(a)", "[to_number(a)]"):
+        mapped = map_event(one_path_route(path), "s", None, {"a": text})
+        assert mapped.runs == []
+        [failure] = mapped.failures
+        assert failure.reason == "payload key 'x' holds an infinity or NaN, which JSON cannot carry"
