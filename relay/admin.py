@@ -26,6 +26,7 @@ from relay.errors import DeadLetterError
 from relay.ingress import CONFIG, REDIS, SETTINGS, error_response, in_thread
 from relay.replay import replay_many
 from relay.settings import Settings
+from relay.signatures import sent
 
 log = logging.getLogger(__name__)
 REALM = 'Bearer realm="phlo-relay admin"'
@@ -35,8 +36,9 @@ BODY_HELP = (
 
 
 def _digest(token: str) -> bytes:
-    # Comparing digests keeps the comparison constant-time whatever the length of what was sent.
-    return hashlib.sha256(token.encode()).digest()
+    # Comparing digests keeps the comparison constant-time whatever the length of what was sent. A header
+    # byte that is not UTF-8 arrives as a lone surrogate: hashed as the byte it was, not a 500.
+    return hashlib.sha256(sent(token)).digest()
 
 
 def _guarded(handler: Handler, expected: bytes) -> Handler:

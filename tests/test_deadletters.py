@@ -45,6 +45,7 @@ from tests.conftest import (
     assert_sdk_request,
     clean_environment,
     drain_queue,
+    send_raw,
 )
 
 Client = TestClient[web.Request, web.Application]
@@ -560,3 +561,20 @@ async def test_admin_api_replays_and_purges(
     assert (await response.json()) == {"purged": 1}
     assert list_dead_letters(redis, settings) == []
     assert history(the_run(redis, letters.unmappable_event))[-1] == ("dead_lettered", "purged")
+
+
+async def test_admin_api_refuses_a_token_that_is_not_utf8(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig
+) -> None:
+    """Regression: a bearer token with a byte that is not UTF-8 failed to encode before the comparison:
+    an unauthenticated request got a 500 instead of a 401."""
+    client = await admin_client(aiohttp_client, settings, config)
+    assert client.port is not None
+    response = await send_raw(
+        client.port,
+        b"GET /admin/dead-letters HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\xff\r\nConnection: close\r\n\r\n",
+    )
+    assert response.status == 401
+    assert response.json()["error"] == "unauthorized"
