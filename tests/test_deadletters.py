@@ -578,3 +578,33 @@ async def test_admin_api_refuses_a_token_that_is_not_utf8(
     )
     assert response.status == 401
     assert response.json()["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content_type", "body", "message"),
+    [
+        ("POST", "/admin/dead-letters/purge", "application/json", b"[" * 100_000, "not JSON"),
+        ("POST", "/admin/dead-letters/replay", "application/json; charset=klingon", b"{}", "not JSON"),
+        ("GET", "/admin/dead-letters?limit=" + "9" * 5000, None, b"", "limit must be a positive integer"),
+        ("GET", "/admin/dead-letters?limit=%C2%B2", None, b"", "limit must be a positive integer"),
+    ],
+    ids=["deep-json", "unknown-charset", "huge-limit", "superscript-limit"],
+)
+async def test_admin_api_answers_bad_input_with_400_not_500(
+    aiohttp_client: Any,
+    settings: Settings,
+    config: RelayConfig,
+    method: str,
+    path: str,
+    content_type: str | None,
+    body: bytes,
+    message: str,
+) -> None:
+    """Regression: RecursionError, LookupError and int()'s digit limit escaped the handlers as 500s."""
+    client = await admin_client(aiohttp_client, settings, config)
+    headers = bearer() | ({"Content-Type": content_type} if content_type else {})
+    response = await client.request(method, path, headers=headers, data=body)
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["error"] == "bad_request"
+    assert message in answer["message"]
