@@ -7,7 +7,7 @@ Formats, by Content-Type (case-insensitive):
 - Multipart form: ``multipart/form-data``; fields as in a form, a file part as
   ``{"filename", "content_type", "size"}`` (its content is not kept).
 - XML: ``application/xml``, ``text/xml``, any ``+xml`` (SOAP): xmltodict's shape with namespace prefixes
-  stripped, attributes as ``@name``, ``xsi:nil`` elements as null; a DOCTYPE is refused.
+  stripped, attributes as ``@name``, ``xsi:nil`` elements as null; a DOCTYPE and XInclude are refused.
 
 In a form, ``json_fields`` are decoded from JSON text in place (Jotform's ``rawRequest``), and a
 ``form_document_field`` holds the whole JSON document (GitHub's ``payload=``). What does not parse is
@@ -49,6 +49,7 @@ MAX_DEPTH = 100  # far beyond any sender's document, far below Python's recursio
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")  # RFC 2046 bchars
 _NS = "\x1f"  # between namespace and local name; cannot occur in XML 1.0 text
 _XSI_NIL = f"@http://www.w3.org/2001/XMLSchema-instance{_NS}nil"
+_XINCLUDE = f"http://www.w3.org/2001/XInclude{_NS}"
 _DEFECTS = {
     "StartBoundaryNotFoundDefect": "no part starts with the boundary",
     "CloseBoundaryNotFoundDefect": "the closing boundary is missing (truncated body?)",
@@ -209,6 +210,8 @@ def _xml_item(_path: object, key: str, value: Any) -> tuple[str, Any] | None:
     """xmltodict postprocessor: local names only, xmlns declarations dropped, xsi:nil elements as None."""
     if key == "@xmlns":  # xmltodict's record of the element's namespace declarations
         return None
+    if key.startswith(_XINCLUDE):  # never processed here; refused so that no later parser would fetch it
+        raise MalformedBody("XML with XInclude is refused (the relay fetches nothing an XML body names)")
     if key == _XSI_NIL:
         return key, value  # kept whole until its element ends, below
     if isinstance(value, dict) and _XSI_NIL in value:

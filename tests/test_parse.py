@@ -506,6 +506,13 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
         (XML, b'<!DOCTYPE a SYSTEM "http://attacker.example/x.dtd"><a/>', MalformedBody, "DOCTYPE"),
         (XML, b'<!DOCTYPE a PUBLIC "-//x//y" "http://x.example/y.dtd"><a/>', MalformedBody, "DOCTYPE"),
         (XML, b"<?xml version='1.0'?>\n <!-- hi --> \n<!DOCTYPE\n a><a/>", MalformedBody, "DOCTYPE"),
+        (
+            XML,
+            b'<a xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include href="file:///etc/passwd"/></a>',
+            MalformedBody,
+            "XML with XInclude is refused",
+        ),
+        (XML, b'<include xmlns="http://www.w3.org/2001/XInclude" href="x"/>', MalformedBody, "XInclude"),
         ("text/xml; charset=utf-8", b"\xef\xbb\xbf<!DOCTYPE a><a/>", MalformedBody, "DOCTYPE"),
         (XML, "<!DOCTYPE a><a/>".encode("utf-16"), MalformedBody, "DOCTYPE"),
         (XML, b"<a>" * (MAX_DEPTH + 1) + b"</a>" * (MAX_DEPTH + 1), MalformedBody, "nested deeper than"),
