@@ -29,6 +29,7 @@ from relay.deadletters import (
 from relay.errors import ConfigError, DeadLetterError, RelayError, SettingsError
 from relay.redis_client import connect
 from relay.replay import replay_many
+from relay.serving import AccessLog
 from relay.settings import Settings, load_settings, secret_environment
 from relay.verify import build_verifiers
 
@@ -38,7 +39,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     config = load_config(settings.config_path, settings.account_names())
     web.run_app(
-        create_app(settings, config), host=args.host or settings.host, port=args.port or settings.port
+        create_app(settings, config),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        access_log_class=AccessLog,
     )
     return 0
 

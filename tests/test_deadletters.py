@@ -46,10 +46,12 @@ from tests.conftest import (
     clean_environment,
     drain_queue,
     send_raw,
+    watch_secrets,
 )
 
 Client = TestClient[web.Request, web.Application]
 TOKEN = "admin-token-for-tests-7c1e"
+watch_secrets(TOKEN)
 MISROUTED = {"id": "m-1"}
 NO_PHONE = {"submission_id": "sub-9", "form": "callback-request", "name": "Grace", "mobile": "+14155550177"}
 

@@ -6,10 +6,14 @@ Every refusal must be a 4xx with a JSON reason that shows no secret, and store n
 
 from __future__ import annotations
 
+import http.client
 import json
 import select
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,9 +22,14 @@ from redis import Redis
 
 from relay.config import RelayConfig
 from relay.ingress import create_app
+from relay.redis_server import free_port
 from relay.serving import AppThread
 from relay.settings import Settings
+from tests.conftest import answers, clean_environment, poll, watch_secrets
 from tests.test_delivery import FORM
+
+QUERY_TOKEN = "query-token-4c9e1d7b-only-in-urls"
+watch_secrets(QUERY_TOKEN)
 
 # -- oversized and slow bodies (a real server, a real socket) ------------------------------------------
 
@@ -83,3 +92,43 @@ def test_a_slow_drip_body_is_cut_off_with_408(small_ingress: AppThread, redis: R
     assert answer == {"error": "request_timeout", "message": "the body did not arrive within 0.5 s"}
     assert redis.dbsize() == 0
     still_serves(small_ingress)
+
+
+# -- no secret in a log line of the real server ---------------------------------------------------------
+
+
+def test_relay_serve_logs_no_query_string_where_a_token_may_be(settings: Settings, tmp_path: Path) -> None:
+    """Regression: aiohttp's access log wrote the request line whole, so `relay serve` logged the token of
+    every Jotform, Zoho and Salesforce request (?token=...) at INFO."""
+    config = tmp_path / "query-token.yaml"
+    config.write_text(
+        "sources:\n  jotform:\n    verify: {scheme: token, query: token, secrets: [JOTFORM_TOKEN]}\n"
+    )
+    port = free_port()
+    env = clean_environment(
+        **{
+            **settings.as_environment(),
+            "RELAY_PORT": str(port),
+            "RELAY_CONFIG_PATH": str(config),
+            "JOTFORM_TOKEN": QUERY_TOKEN,
+        }
+    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        serve = subprocess.Popen([sys.executable, "-m", "relay", "serve"], env=env, cwd=tmp_path, stderr=log)
+        try:
+            poll(lambda: answers(f"http://127.0.0.1:{port}/events/none"))
+            for token in (QUERY_TOKEN, QUERY_TOKEN[:-1]):  # http.client: httpx itself logs the URL
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                headers = {"Content-Type": "application/json"}
+                connection.request("POST", f"/hooks/jotform?token={token}&x=1", b'{"id": 1}', headers)
+                response = connection.getresponse()
+                assert response.status in (200, 401)
+                assert QUERY_TOKEN[:-1].encode() not in response.read()
+                connection.close()
+        finally:
+            serve.terminate()
+            serve.wait(timeout=30)
+    lines = log_path.read_text(errors="replace")
+    assert '"POST /hooks/jotform HTTP/1.1" 200' in lines and '"POST /hooks/jotform HTTP/1.1" 401' in lines
+    assert QUERY_TOKEN[:-1] not in lines

@@ -28,6 +28,7 @@ from relay.config import Source
 from relay.errors import ConfigError, ConfigProblem, VerificationFailed
 from relay.schemes import HookRequest
 from relay.verify import SourceVerifier, build_verifiers
+from tests.conftest import watch_secrets
 
 NOW = 1_700_000_000
 URL = "https://relay.example.com/hooks/src?key=1"
@@ -39,6 +40,7 @@ WHSEC = (
     "whsec_" + base64.b64encode(b"w" * 24).decode(),
 )
 NO_MATCH = "no signature matches any configured secret"
+watch_secrets(*SECRETS[:2], *WHSEC[:2])  # the configured and rotated ones
 FILE = "relay.yaml"
 
 Signer = Callable[[str, bytes, int], HookRequest]
