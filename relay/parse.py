@@ -26,7 +26,7 @@ from collections.abc import Collection
 from email.errors import MessageDefect
 from email.message import Message
 from email.parser import BytesParser
-from email.policy import HTTP
+from email.policy import Compat32
 from email.utils import collapse_rfc2231_value
 from typing import Any, NoReturn, cast
 from urllib.parse import parse_qsl
@@ -44,6 +44,8 @@ SUPPORTED = (
     f"application/json (or any +json), {FORM_TYPE}, {MULTIPART_TYPE}, application/xml (text/xml, +xml)"
 )
 MAX_FIELDS = 10_000
+MAX_PARTS = 1_000  # multipart: a Jotform submission has two per question
+MAX_PART_HEADER_BYTES = 64 * 1024  # all parts' headers together; a Jotform submission's are a few KiB
 MAX_DEPTH = 100  # far beyond any sender's document, far below Python's recursion limit (json.dumps, ...)
 
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")  # RFC 2046 bchars
@@ -144,17 +146,52 @@ def _part(number: int, part: Message, charset: str | None) -> tuple[str, Any]:
     return name, {"filename": filename, "content_type": part.get_content_type(), "size": len(content)}
 
 
+class _Compat32Utf8(Compat32):
+    """compat32, but raw UTF-8 in a header read as UTF-8 (as the modern policies do), not unknown-8bit."""
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        return (
+            value if value.isascii() else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        )
+
+
+_MIME_POLICY = _Compat32Utf8()
+
+
+def _bound_part_headers(body: bytes, boundary: str) -> None:
+    """Refuse more parts, or more bytes of part headers, than any sender needs, before the MIME parser
+    spends time on them (it takes milliseconds per kilobyte of headers: a crafted body stalls the loop)."""
+    delimiter = b"--" + boundary.encode("ascii")
+    if body.count(delimiter) > MAX_PARTS + 1:
+        raise MalformedBody(f"body is not valid multipart: more than {MAX_PARTS} parts")
+    header_bytes, at = 0, body.find(delimiter)
+    while at != -1:
+        window = min(len(body), at + MAX_PART_HEADER_BYTES - header_bytes + 3)  # linear, not quadratic
+        ends = [
+            end for end in (body.find(b"\n\r\n", at, window), body.find(b"\n\n", at, window)) if end != -1
+        ]
+        header_end = min(ends, default=window)
+        header_bytes += header_end - at
+        if header_bytes > MAX_PART_HEADER_BYTES:
+            raise MalformedBody(
+                f"body is not valid multipart: its parts' headers are over {MAX_PART_HEADER_BYTES} bytes"
+            )
+        at = body.find(delimiter, header_end)
+
+
 def _multipart(body: bytes, boundary: str | None, charset: str | None) -> dict[str, Any]:
     if not boundary:
         raise MalformedBody("multipart body without a boundary parameter in its Content-Type")
     if not _BOUNDARY.fullmatch(boundary):
         raise MalformedBody(f"multipart boundary {boundary[:80]!r} is not valid (RFC 2046: 1-70 characters)")
+    _bound_part_headers(body, boundary)
     # The standard library's MIME parser: well kept, no dependency. It is lenient, noting what is wrong as
-    # defects instead of failing; every defect is refused here.
+    # defects instead of failing; every defect is refused here. Its compat32 policy: the modern ones parse
+    # each header with a full RFC 5322 grammar, some twenty times slower (seconds for a crafted body).
     head = f'Content-Type: {MULTIPART_TYPE}; boundary="{boundary}"\r\n\r\n'.encode("ascii")
     fields: dict[str, Any] = {}
     try:
-        message = BytesParser(policy=HTTP).parsebytes(head + body)
+        message = BytesParser(policy=_MIME_POLICY).parsebytes(head + body)
         if message.defects or not message.is_multipart():
             raise MalformedBody(
                 f"body is not valid multipart: {_defects(message.defects) or 'no part found'}"
