@@ -62,10 +62,13 @@ def search(expression: str, document: Any) -> Any:
         return None
 
 
-def _is_finite(value: Any) -> bool:
-    try:  # what the runner's request body allows, nested values included
+def _is_json(value: Any) -> bool:
+    """Whether the runner's request body can carry it, nested values included."""
+    try:
         json.dumps(value, allow_nan=False)
-    except ValueError:
+    except ValueError:  # to_number('1e999'), to_number('NaN'): JSON has no such numbers
+        return False
+    except TypeError:  # `&a` evaluates to an expression reference, a JMESPath object
         return False
     return True
 
@@ -93,7 +96,7 @@ def locate(locator: Locator | None, document: Any, headers: Mapping[str, str]) -
         if locator.header is not None
         else search(str(locator.path), document)
     )
-    if _is_missing(value) or isinstance(value, dict | list):
+    if _is_missing(value) or not isinstance(value, str | int | float):  # objects, lists, `&a`
         return None
     return str(value)
 
@@ -122,9 +125,11 @@ def build_payload(route: Route, document: Any) -> dict[str, Any]:
                     raise MappingError(
                         route.name, f"required payload key {key!r}: path {spec.path!r} found no value"
                     )
-        if not _is_finite(value):  # to_number('1e999'), to_number('NaN'): JSON has no such numbers
+        if not _is_json(value):
             raise MappingError(
-                route.name, f"payload key {key!r} holds an infinity or NaN, which JSON cannot carry"
+                route.name,
+                f"payload key {key!r} holds an infinity, a NaN or an expression reference (&...), "
+                "which JSON cannot carry",
             )
         # Like plivo-python, keys without a value are not sent.
         if value is not None:

@@ -388,4 +388,15 @@ def test_a_number_json_cannot_carry_is_a_mapping_failure(text: str) -> None:
         mapped = map_event(one_path_route(path), "s", None, {"a": text})
         assert mapped.runs == []
         [failure] = mapped.failures
-        assert failure.reason == "payload key 'x' holds an infinity or NaN, which JSON cannot carry"
+        assert failure.reason.startswith(
+            "payload key 'x' holds an infinity, a NaN or an expression reference"
+        )
+
+
+@pytest.mark.parametrize("path", ["&a", "[&a]", "{k: &a}"])
+def test_a_path_to_an_expression_reference_is_a_mapping_failure_not_a_crash(path: str) -> None:
+    """Regression: `&a` compiles and evaluates to a JMESPath object, which no JSON encoder takes: the
+    queued job failed to serialize (a 500). Found by tests/test_fuzz.py."""
+    [failure] = map_event(one_path_route(path), "s", None, {"a": 1}).failures
+    assert "expression reference" in failure.reason
+    assert locate(Locator(path=path), {"a": 1}, {}) is None  # an event id that is a JMESPath object
