@@ -26,6 +26,7 @@ from relay.errors import DeadLetterError
 from relay.ingress import CONFIG, REDIS, SETTINGS, error_response, in_thread
 from relay.replay import replay_many
 from relay.settings import Settings
+from relay.signatures import sent
 
 log = logging.getLogger(__name__)
 REALM = 'Bearer realm="phlo-relay admin"'
@@ -35,8 +36,9 @@ BODY_HELP = (
 
 
 def _digest(token: str) -> bytes:
-    # Comparing digests keeps the comparison constant-time whatever the length of what was sent.
-    return hashlib.sha256(token.encode()).digest()
+    # Comparing digests keeps the comparison constant-time whatever the length of what was sent. A header
+    # byte that is not UTF-8 arrives as a lone surrogate: hashed as the byte it was, not a 500.
+    return hashlib.sha256(sent(token)).digest()
 
 
 def _guarded(handler: Handler, expected: bytes) -> Handler:
@@ -78,7 +80,7 @@ async def _target(request: web.Request) -> Target:
     """The dead letters a replay or purge request names; 400 for anything but the three shapes."""
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, LookupError, RecursionError):  # not JSON, an unknown charset, nested too deeply
         raise web.HTTPBadRequest(text=f"not JSON: {BODY_HELP}") from None
     if not isinstance(body, dict) or len(body) != 1:
         raise web.HTTPBadRequest(text=BODY_HELP)
@@ -107,7 +109,8 @@ async def list_letters(request: web.Request) -> web.Response:
     selected = _filter(query)
     limit = None
     if raw_limit is not None:
-        if not raw_limit.isdigit() or int(raw_limit) < 1:
+        # isdigit() alone takes '²', and int() refuses more than 4300 digits: both were a 500.
+        if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9) or int(raw_limit) < 1:
             raise web.HTTPBadRequest(text="limit must be a positive integer")
         limit = int(raw_limit)
     app = request.app

@@ -45,6 +45,8 @@ def _check_expression(expression: str) -> str:
         compile_expression(expression)
     except JMESPathError as exc:
         raise ValueError(f"invalid JMESPath expression {expression!r}: {exc}") from None
+    except RecursionError:  # JMESPath's parser recurses once per nesting level
+        raise ValueError(f"JMESPath expression {expression[:40]!r}... is nested too deeply") from None
     return expression
 
 
@@ -277,6 +279,8 @@ def parse_config(text: str, file: str, accounts: set[str] | None = None) -> Rela
     """Validate config text; raise ConfigError listing every problem. ``accounts``: names settings know."""
     try:
         data = yaml.safe_load(text)
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError([ConfigProblem(file, "YAML", "not valid YAML: nested too deeply")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"

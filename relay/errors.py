@@ -8,8 +8,10 @@
     │   ├── UnknownSource          404
     │   ├── VerificationFailed     401 (the reason never shows the expected value)
     │   ├── MalformedBody          400
+    │   ├── MalformedHeader        400 (a header the relay reads, such as the event id's, is not UTF-8)
     │   ├── UnsupportedMediaType   415
-    │   └── BodyTooLarge           413
+    │   ├── BodyTooLarge           413
+    │   └── RequestTimeout         408 (the body did not arrive within RELAY_BODY_READ_TIMEOUT_S)
     ├── MappingError           an event cannot be mapped for a route (a required field is missing, ...)
     ├── DeliveryPaused         a run held back without an attempt (breaker open, rate limit); .delay_s
     ├── DeadLetterError        a dead-letter operation cannot be done (unknown job, event expired, ...)
@@ -85,6 +87,11 @@ class MalformedBody(IngressRefused):
     code = "malformed_body"
 
 
+class MalformedHeader(IngressRefused):
+    status = 400
+    code = "malformed_header"
+
+
 class UnsupportedMediaType(IngressRefused):
     status = 415
     code = "unsupported_media_type"
@@ -93,6 +100,11 @@ class UnsupportedMediaType(IngressRefused):
 class BodyTooLarge(IngressRefused):
     status = 413
     code = "body_too_large"
+
+
+class RequestTimeout(IngressRefused):
+    status = 408
+    code = "request_timeout"
 
 
 class MappingError(RelayError):

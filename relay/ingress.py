@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from relay import outcome
 from relay.config import RelayConfig, Source
 from relay.enqueue import EventStore, StoredEvent
-from relay.errors import BodyTooLarge, IngressRefused, RedisUnavailable, UnknownSource
+from relay.errors import BodyTooLarge, IngressRefused, RedisUnavailable, RequestTimeout, UnknownSource
 from relay.events import split_events
 from relay.logs import DESCRIBED, REQUEST_ID_HEADER, bind, register_secrets, request_id_from
 from relay.mapping import map_event
@@ -186,15 +186,21 @@ async def in_thread(request: web.Request, func: Callable[..., T], *args: Any, **
     return await loop.run_in_executor(request.app[EXECUTOR], work)
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The whole body, refusing it as soon as it passes ``max_bytes`` (declared or actual)."""
+async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, refusing it as soon as it passes ``max_bytes`` (declared or actual), or when all of
+    it has not arrived within ``timeout_s``: aiohttp has no read timeout, and a sender dripping a byte at a
+    time would hold its connection and buffer for ever."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyTooLarge(f"body of {request.content_length} bytes is over the limit of {max_bytes}")
     body = bytearray()
-    async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
-        body += chunk
-        if len(body) > max_bytes:
-            raise BodyTooLarge(f"body is over the limit of {max_bytes} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):  # for the whole body: a per-read timeout lets a drip through
+            async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise BodyTooLarge(f"body is over the limit of {max_bytes} bytes")
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
     return bytes(body)
 
 
@@ -238,7 +244,7 @@ async def receive_hook(request: web.Request) -> web.Response:
     source = config.sources.get(source_name)
     if source is None:
         raise UnknownSource(f"no source named {source_name!r} is configured")
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
     request.app[VERIFIERS][source_name].verify(_hook_request(request, settings, body))
     document = parse_body(
         request.headers.get("Content-Type"),

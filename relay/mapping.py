@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -10,7 +11,7 @@ from typing import Any
 from jmespath.exceptions import JMESPathError
 
 from relay.config import LiteralValue, Locator, RelayConfig, Route, compile_expression
-from relay.errors import MappingError
+from relay.errors import MalformedHeader, MappingError
 from relay.retry import RetryOverride
 
 
@@ -54,18 +55,48 @@ def search(expression: str, document: Any) -> Any:
         return compile_expression(expression).search(document)
     except JMESPathError:
         return None
+    # On some documents JMESPath's functions raise plain Python errors: floor() of an infinity
+    # (OverflowError), a zero slice step (ValueError), merge() of a number (TypeError), a long pipe
+    # (RecursionError). The sender's document must not turn them into a 500.
+    except (ArithmeticError, TypeError, ValueError, RecursionError):
+        return None
+
+
+def _is_json(value: Any) -> bool:
+    """Whether the runner's request body can carry it, nested values included."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:  # to_number('1e999'), to_number('NaN'): JSON has no such numbers
+        return False
+    except TypeError:  # `&a` evaluates to an expression reference, a JMESPath object
+        return False
+    return True
 
 
 def _is_missing(value: Any) -> bool:
     return value is None or value == ""
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None and not value.isascii():
+        try:  # aiohttp decodes bytes that are not UTF-8 to lone surrogates, which nothing can store
+            value.encode()
+        except UnicodeEncodeError:
+            raise MalformedHeader(f"header {name} is not valid UTF-8") from None
+    return value
+
+
 def locate(locator: Locator | None, document: Any, headers: Mapping[str, str]) -> str | None:
-    """The value a locator points at, as text, or None when absent."""
+    """The value a locator points at, as text, or None when absent; MalformedHeader when not UTF-8."""
     if locator is None:
         return None
-    value = headers.get(locator.header) if locator.header is not None else search(str(locator.path), document)
-    if _is_missing(value) or isinstance(value, dict | list):
+    value = (
+        _header(headers, locator.header)
+        if locator.header is not None
+        else search(str(locator.path), document)
+    )
+    if _is_missing(value) or not isinstance(value, str | int | float):  # objects, lists, `&a`
         return None
     return str(value)
 
@@ -94,6 +125,12 @@ def build_payload(route: Route, document: Any) -> dict[str, Any]:
                     raise MappingError(
                         route.name, f"required payload key {key!r}: path {spec.path!r} found no value"
                     )
+        if not _is_json(value):
+            raise MappingError(
+                route.name,
+                f"payload key {key!r} holds an infinity, a NaN or an expression reference (&...), "
+                "which JSON cannot carry",
+            )
         # Like plivo-python, keys without a value are not sent.
         if value is not None:
             payload[key] = value

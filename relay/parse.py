@@ -7,12 +7,13 @@ Formats, by Content-Type (case-insensitive):
 - Multipart form: ``multipart/form-data``; fields as in a form, a file part as
   ``{"filename", "content_type", "size"}`` (its content is not kept).
 - XML: ``application/xml``, ``text/xml``, any ``+xml`` (SOAP): xmltodict's shape with namespace prefixes
-  stripped, attributes as ``@name``, ``xsi:nil`` elements as null; a DOCTYPE is refused.
+  stripped, attributes as ``@name``, ``xsi:nil`` elements as null; a DOCTYPE and XInclude are refused.
 
 In a form, ``json_fields`` are decoded from JSON text in place (Jotform's ``rawRequest``), and a
 ``form_document_field`` holds the whole JSON document (GitHub's ``payload=``). What does not parse is
 MalformedBody (400); a missing or unknown media type or charset is UnsupportedMediaType (415). The mapping
-only ever sees plain JSON values: dicts, lists, str, int, float, bool and None.
+only ever sees plain JSON values: dicts, lists, str, int, float, bool and None, its text all characters
+(no lone surrogate, which neither UTF-8 nor Redis can hold), nested at most MAX_DEPTH levels.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Collection
 from email.errors import MessageDefect
 from email.message import Message
 from email.parser import BytesParser
-from email.policy import HTTP
+from email.policy import Compat32
 from email.utils import collapse_rfc2231_value
 from typing import Any, NoReturn, cast
 from urllib.parse import parse_qsl
@@ -43,12 +44,14 @@ SUPPORTED = (
     f"application/json (or any +json), {FORM_TYPE}, {MULTIPART_TYPE}, application/xml (text/xml, +xml)"
 )
 MAX_FIELDS = 10_000
+MAX_PARTS = 1_000  # multipart: a Jotform submission has two per question
+MAX_PART_HEADER_BYTES = 64 * 1024  # all parts' headers together; a Jotform submission's are a few KiB
 MAX_DEPTH = 100  # far beyond any sender's document, far below Python's recursion limit (json.dumps, ...)
 
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")  # RFC 2046 bchars
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _NS = "\x1f"  # between namespace and local name; cannot occur in XML 1.0 text
 _XSI_NIL = f"@http://www.w3.org/2001/XMLSchema-instance{_NS}nil"
+_XINCLUDE = f"http://www.w3.org/2001/XInclude{_NS}"
 _DEFECTS = {
     "StartBoundaryNotFoundDefect": "no part starts with the boundary",
     "CloseBoundaryNotFoundDefect": "the closing boundary is missing (truncated body?)",
@@ -84,16 +87,12 @@ def _finite_float(text: str) -> float:
 
 def _json(text: str, what: str) -> Any:
     """JSON text (a UTF-8 BOM tolerated); NaN and Infinity are refused, the runner could not send them on."""
-    try:
+    try:  # "\ud800" parses, but is no character: _check_document refuses it with any other such text
         document = json.loads(
             text.removeprefix("\ufeff"), parse_constant=_reject_constant, parse_float=_finite_float
         )
-        if _SURROGATE_ESCAPE.search(text):  # "\ud800" parses, but is no character: UTF-8 cannot hold it
-            json.dumps(document, ensure_ascii=False).encode()
     except RecursionError:
         raise MalformedBody(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
-    except UnicodeEncodeError:
-        raise MalformedBody(f"{what} holds an unpaired surrogate escape (\\ud800-\\udfff)") from None
     except ValueError as exc:
         raise MalformedBody(f"{what} is not valid JSON: {exc}") from None
     return document
@@ -147,17 +146,52 @@ def _part(number: int, part: Message, charset: str | None) -> tuple[str, Any]:
     return name, {"filename": filename, "content_type": part.get_content_type(), "size": len(content)}
 
 
+class _Compat32Utf8(Compat32):
+    """compat32, but raw UTF-8 in a header read as UTF-8 (as the modern policies do), not unknown-8bit."""
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        return (
+            value if value.isascii() else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        )
+
+
+_MIME_POLICY = _Compat32Utf8()
+
+
+def _bound_part_headers(body: bytes, boundary: str) -> None:
+    """Refuse more parts, or more bytes of part headers, than any sender needs, before the MIME parser
+    spends time on them (it takes milliseconds per kilobyte of headers: a crafted body stalls the loop)."""
+    delimiter = b"--" + boundary.encode("ascii")
+    if body.count(delimiter) > MAX_PARTS + 1:
+        raise MalformedBody(f"body is not valid multipart: more than {MAX_PARTS} parts")
+    header_bytes, at = 0, body.find(delimiter)
+    while at != -1:
+        window = min(len(body), at + MAX_PART_HEADER_BYTES - header_bytes + 3)  # linear, not quadratic
+        ends = [
+            end for end in (body.find(b"\n\r\n", at, window), body.find(b"\n\n", at, window)) if end != -1
+        ]
+        header_end = min(ends, default=window)
+        header_bytes += header_end - at
+        if header_bytes > MAX_PART_HEADER_BYTES:
+            raise MalformedBody(
+                f"body is not valid multipart: its parts' headers are over {MAX_PART_HEADER_BYTES} bytes"
+            )
+        at = body.find(delimiter, header_end)
+
+
 def _multipart(body: bytes, boundary: str | None, charset: str | None) -> dict[str, Any]:
     if not boundary:
         raise MalformedBody("multipart body without a boundary parameter in its Content-Type")
     if not _BOUNDARY.fullmatch(boundary):
         raise MalformedBody(f"multipart boundary {boundary[:80]!r} is not valid (RFC 2046: 1-70 characters)")
+    _bound_part_headers(body, boundary)
     # The standard library's MIME parser: well kept, no dependency. It is lenient, noting what is wrong as
-    # defects instead of failing; every defect is refused here.
+    # defects instead of failing; every defect is refused here. Its compat32 policy: the modern ones parse
+    # each header with a full RFC 5322 grammar, some twenty times slower (seconds for a crafted body).
     head = f'Content-Type: {MULTIPART_TYPE}; boundary="{boundary}"\r\n\r\n'.encode("ascii")
     fields: dict[str, Any] = {}
     try:
-        message = BytesParser(policy=HTTP).parsebytes(head + body)
+        message = BytesParser(policy=_MIME_POLICY).parsebytes(head + body)
         if message.defects or not message.is_multipart():
             raise MalformedBody(
                 f"body is not valid multipart: {_defects(message.defects) or 'no part found'}"
@@ -213,6 +247,8 @@ def _xml_item(_path: object, key: str, value: Any) -> tuple[str, Any] | None:
     """xmltodict postprocessor: local names only, xmlns declarations dropped, xsi:nil elements as None."""
     if key == "@xmlns":  # xmltodict's record of the element's namespace declarations
         return None
+    if key.startswith(_XINCLUDE):  # never processed here; refused so that no later parser would fetch it
+        raise MalformedBody("XML with XInclude is refused (the relay fetches nothing an XML body names)")
     if key == _XSI_NIL:
         return key, value  # kept whole until its element ends, below
     if isinstance(value, dict) and _XSI_NIL in value:
@@ -239,13 +275,30 @@ def _xml(body: bytes, charset: str | None) -> Any:
         raise MalformedBody(f"body is not valid XML: {exc}") from None
 
 
-def _check_depth(document: Any) -> None:
+def _require_text(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise MalformedBody(
+                "body holds an unpaired surrogate (\\ud800-\\udfff), which is no character"
+            ) from None
+
+
+def _check_document(document: Any) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, and text no store can hold: lone surrogates, which JSON
+    escapes and codecs such as unicode_escape (percent-decoded form fields too) make."""
     stack = [(document, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict | list):
+        if isinstance(value, str):
+            _require_text(value)
+        elif isinstance(value, dict | list):
             if depth > MAX_DEPTH:
                 raise MalformedBody(f"body is nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, dict):
+                for key in value:
+                    _require_text(key)
             stack.extend(
                 (child, depth + 1) for child in (value.values() if isinstance(value, dict) else value)
             )
@@ -286,5 +339,5 @@ def parse_body(
         document = _form_document(fields, json_fields, form_document_field)
     else:
         raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported; send {SUPPORTED}")
-    _check_depth(document)
+    _check_document(document)
     return document

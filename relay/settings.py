@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the ingress binds to.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the ingress listens on.")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Larger webhook bodies get 413.")
+    body_read_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A webhook body that takes longer to arrive gets 408 (a slow-drip sender holds a "
+        "connection and its buffer otherwise).",
+    )
     queue_name: str = Field(
         default="phlo-runs", pattern=r"^[A-Za-z0-9_.:-]+$", description="RQ queue holding PHLO runs."
     )

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
-from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qs, parse_qsl, urlsplit, urlunsplit
 
 from relay.errors import VerificationFailed
 from relay.schemes import DEFAULT_TOLERANCE_S, HookRequest, StaticToken
@@ -70,6 +70,20 @@ HMAC_VENDORS = {
 }
 
 
+def sent(text: str) -> bytes:
+    """Header or URL text as the bytes the sender sent: aiohttp decodes them as UTF-8 with surrogateescape,
+    so that bytes which are not UTF-8 come back as they were instead of failing to encode."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def split_url(url: str) -> SplitResult:
+    """The parts of the request URL; a Host header such as ``[`` makes it unparseable: refused."""
+    try:
+        return urlsplit(url)
+    except ValueError:  # the message would show the URL, whose query may hold a token
+        raise VerificationFailed("the request URL does not parse (a malformed Host header?)") from None
+
+
 def header(request: HookRequest, name: str) -> str:
     """The value of a header, which must be present and not blank."""
     value = request.headers.get(name)
@@ -116,9 +130,9 @@ def _render(template: str, request: HookRequest, timestamp: str) -> bytes:
     # One pass, so that a placeholder inside the URL or the body is never substituted again.
     values = {
         "body": request.body,
-        "timestamp": timestamp.encode(),
-        "method": request.method.encode(),
-        "url": request.url.encode(),
+        "timestamp": sent(timestamp),
+        "method": sent(request.method),
+        "url": sent(request.url),
     }
     parts = _PLACEHOLDER.split(template)  # literal, name, literal, name, ..., literal
     return b"".join(values[part] if index % 2 else part.encode() for index, part in enumerate(parts))
@@ -178,7 +192,7 @@ def check_standard_webhooks(
         raise malformed(names[1], "a unix time in seconds")
     signatures = _standard_signatures(names[2], value)
     require_fresh(timestamp, int(timestamp), now_s, tolerance_s)
-    message = f"{msg_id}.{timestamp}.".encode() + request.body
+    message = sent(f"{msg_id}.{timestamp}.") + request.body
     require_match(_digests(keys, message, "sha256"), signatures)
 
 
@@ -204,13 +218,13 @@ def check_hubspot(version: Literal["v1", "v2"], keys: Keys, request: HookRequest
     given = decode(header(request, "X-HubSpot-Signature"), "hex", 32)
     if given is None:
         raise malformed("X-HubSpot-Signature", "<hex>")
-    middle = f"{request.method}{request.url}".encode() if version == "v2" else b""
+    middle = sent(f"{request.method}{request.url}") if version == "v2" else b""
     require_match((hashlib.sha256(key + middle + request.body).digest() for key in keys), [given])
 
 
 def _twilio_urls(url: str) -> set[str]:
     """The URL with and without an explicit port: Twilio signs either (as twilio-python accepts)."""
-    parts = urlsplit(url)
+    parts = split_url(url)
     try:
         port = parts.port
     except ValueError:
@@ -229,7 +243,7 @@ def _twilio_params(request: HookRequest) -> bytes:
         except UnicodeDecodeError:
             raise VerificationFailed("form body is not UTF-8") from None
         return "".join(name + value for name, value in sorted(set(pairs))).encode()
-    body_hash = parse_qs(urlsplit(request.url).query).get("bodySHA256")
+    body_hash = parse_qs(split_url(request.url).query).get("bodySHA256")
     if body_hash is None:
         if request.body:
             raise VerificationFailed("the body is not a form and the URL has no bodySHA256 parameter")
@@ -245,7 +259,7 @@ def check_twilio(keys: Keys, request: HookRequest) -> None:
     if given is None:
         raise malformed("X-Twilio-Signature", "<base64>")
     params = _twilio_params(request)
-    messages = [url.encode() + params for url in _twilio_urls(request.url)]
+    messages = [sent(url) + params for url in _twilio_urls(request.url)]
     require_match((digest for message in messages for digest in _digests(keys, message, "sha1")), [given])
 
 
@@ -266,7 +280,7 @@ def check_basic(keys: Keys, request: HookRequest) -> None:
 
 
 def _query_parameter(url: str, name: str) -> str:
-    values = parse_qs(urlsplit(url).query, keep_blank_values=True).get(name)
+    values = parse_qs(split_url(url).query, keep_blank_values=True).get(name)
     if values is None:
         raise VerificationFailed(f"missing query parameter {name}")
     if len(values) > 1:
@@ -283,7 +297,7 @@ def check_token(scheme: StaticToken, keys: Keys, request: HookRequest) -> None:
     else:
         assert scheme.query is not None  # the model requires exactly one of the two
         token = _query_parameter(request.url, scheme.query)
-    if not _equal_any(keys, token.encode()):
+    if not _equal_any(keys, sent(token)):
         raise VerificationFailed("token matches no configured secret")
 
 

@@ -1,28 +1,50 @@
-"""Real parts for every test: a private Redis server on a free port, and the runner sandbox over HTTP."""
+"""Real parts for every test: a private Redis server on a free port, and the runner sandbox over HTTP.
+
+Over the whole session, every log record of the test process and every response body an aiohttp test
+client (or send_raw) reads is checked for the secrets tests register with ``watch_secrets``
+(no_secret_leaks). Log lines of child processes (``relay worker``) are not seen here.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
+from aiohttp import ClientSession, TraceConfig, TraceResponseChunkReceivedParams, web
+from aiohttp.test_utils import TestServer
+from hypothesis import settings as hypothesis_settings
+from pytest_aiohttp import AiohttpClient
 from redis import Redis
 
 from relay.config import RelayConfig, parse_config
+from relay.logs import AccessLogger
 from relay.redis_server import EmbeddedRedis
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
 from relay.settings import Settings, load_settings
 
 T = TypeVar("T")
+
+# Hypothesis. `ci`, the default, is derandomized: each test draws the same examples every run (from a seed
+# fixed by the test's own code), so a failure in CI fails again on any machine, and no example database is
+# needed in a fresh clone. Its counts keep tests/test_fuzz.py well under a minute on two cores. `long`
+# (HYPOTHESIS_PROFILE=long, for release checks) draws ten times as many, fresh each run, and keeps failing
+# examples in .hypothesis/ to replay first next time. No deadline: timings on a shared machine vary.
+hypothesis_settings.register_profile("ci", max_examples=100, derandomize=True, database=None, deadline=None)
+hypothesis_settings.register_profile("long", max_examples=1000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 KNOWN_PHLO = "11111111-aaaa-4bbb-8ccc-000000000001"
 ALERT_PHLO = "11111111-aaaa-4bbb-8ccc-000000000002"
 UNKNOWN_PHLO = "99999999-dead-4bbb-8ccc-000000000000"
@@ -74,6 +96,70 @@ routes:
     phlo_id: {UNKNOWN_PHLO}
     payload: {{to: "+14155550100"}}
 """
+
+
+# -- no secret in any log line or response body, over the whole session -----------------------------------
+
+WATCHED_SECRETS: set[str] = {SANDBOX_AUTH_TOKEN}
+LEAKS: list[str] = []
+
+
+def watch_secrets(*secrets: str) -> None:
+    """Secrets (tokens, signing secrets, passwords) no log line or response body may ever show."""
+    WATCHED_SECRETS.update(secret for secret in secrets if len(secret) >= 8)  # shorter ones match by chance
+
+
+def check_for_leaks(where: str, text: str | bytes) -> None:
+    """Note every watched secret ``text`` shows; no_secret_leaks fails the session on any."""
+    shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    for secret in WATCHED_SECRETS:
+        if secret in shown:
+            LEAKS.append(f"{where}: {shown.replace(secret, '<SECRET>')[:300]!r}")
+
+
+class _LeakHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        check_for_leaks(f"log record of {record.name}", self.format(record))  # with any traceback
+
+
+async def _check_chunk(
+    session: ClientSession, context: object, params: TraceResponseChunkReceivedParams
+) -> None:
+    check_for_leaks(f"answer to {params.method} {params.url.path}", params.chunk)
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: AiohttpClient) -> AiohttpClient:
+    """pytest-aiohttp's factory: its servers log access as the relay's do, and every answer its clients
+    read is checked for watched secrets."""
+
+    async def make(app: Any, **kwargs: Any) -> Any:
+        if isinstance(app, web.Application):  # TestServer drops constructor options: start it here
+            app = TestServer(app)
+            await app.start_server(access_log_class=AccessLogger)
+        trace = TraceConfig()
+        trace.on_response_chunk_received.append(_check_chunk)
+        kwargs["trace_configs"] = [*kwargs.get("trace_configs", []), trace]
+        return await aiohttp_client(app, **kwargs)
+
+    return cast(AiohttpClient, make)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_leaks() -> Iterator[None]:
+    """Fail the session if any log record (DEBUG and up) or checked answer showed a watched secret."""
+    handler = _LeakHandler(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert not LEAKS, "secrets shown:\n" + "\n".join(LEAKS[:20])
 
 
 @pytest.fixture(scope="session")
@@ -219,6 +305,38 @@ def poll(check: Callable[[], T | None], timeout_s: float = 20.0) -> T:
             return value
         assert time.monotonic() < deadline, "condition not reached before the deadline"
         time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """What a server answered to bytes sent over a plain socket."""
+
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def send_raw(port: int, data: bytes, host: str = "127.0.0.1", timeout_s: float = 10.0) -> RawResponse:
+    """Send bytes no HTTP client would (bytes that are not UTF-8 in a header, ...) and read the answer."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(timeout_s):
+            head = await reader.readuntil(b"\r\n\r\n")
+            status_line, *lines = head.decode("latin-1").split("\r\n")
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines if line)
+            }
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+    finally:
+        writer.close()
+    check_for_leaks(f"raw answer to {data[:60]!r}", head + body)
+    return RawResponse(int(status_line.split()[1]), headers, body)
 
 
 def answers(url: str) -> int | None:

@@ -467,3 +467,31 @@ def test_relay_check_shipped_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
     assert str(SHIPPED_CONFIG) in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "location", "fragment"),
+    [
+        ("sources: " + "[" * 5000 + "]" * 5000, "YAML", "not valid YAML: nested too deeply"),
+        (
+            with_routes(
+                "  - {name: r, source: forms, phlo_id: p, when: '" + "(" * 3000 + "a" + ")" * 3000 + "'}"
+            ),
+            "route 'r' (routes[0]): field when",
+            "is nested too deeply",
+        ),
+        ("sources: {s: {batch: '" + "!" * 3000 + "a'}}", "source 's': field batch", "is nested too deeply"),
+        (
+            "sources: {s: {event_id: {path: '`" + "[" * 3000 + "`'}}}",
+            "source 's': field event_id",
+            "is nested too deeply",
+        ),
+    ],
+    ids=["yaml", "when", "batch", "literal"],
+)
+def test_a_config_nested_too_deeply_is_a_config_error(text: str, location: str, fragment: str) -> None:
+    """Regression: PyYAML and JMESPath's parser raised RecursionError, so `relay check` died with a
+    traceback instead of naming the field."""
+    problem = only_problem(text)
+    assert problem.location == location
+    assert fragment in problem.message

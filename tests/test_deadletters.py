@@ -45,10 +45,13 @@ from tests.conftest import (
     assert_sdk_request,
     clean_environment,
     drain_queue,
+    send_raw,
+    watch_secrets,
 )
 
 Client = TestClient[web.Request, web.Application]
 TOKEN = "admin-token-for-tests-7c1e"
+watch_secrets(TOKEN)
 MISROUTED = {"id": "m-1"}
 NO_PHONE = {"submission_id": "sub-9", "form": "callback-request", "name": "Grace", "mobile": "+14155550177"}
 
@@ -560,3 +563,50 @@ async def test_admin_api_replays_and_purges(
     assert (await response.json()) == {"purged": 1}
     assert list_dead_letters(redis, settings) == []
     assert history(the_run(redis, letters.unmappable_event))[-1] == ("dead_lettered", "purged")
+
+
+async def test_admin_api_refuses_a_token_that_is_not_utf8(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig
+) -> None:
+    """Regression: a bearer token with a byte that is not UTF-8 failed to encode before the comparison:
+    an unauthenticated request got a 500 instead of a 401."""
+    client = await admin_client(aiohttp_client, settings, config)
+    assert client.port is not None
+    response = await send_raw(
+        client.port,
+        b"GET /admin/dead-letters HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\xff\r\nConnection: close\r\n\r\n",
+    )
+    assert response.status == 401
+    assert response.json()["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content_type", "body", "message"),
+    [
+        ("POST", "/admin/dead-letters/purge", "application/json", b"[" * 100_000, "not JSON"),
+        ("POST", "/admin/dead-letters/replay", "application/json; charset=klingon", b"{}", "not JSON"),
+        ("GET", "/admin/dead-letters?limit=" + "9" * 5000, None, b"", "limit must be a positive integer"),
+        ("GET", "/admin/dead-letters?limit=%C2%B2", None, b"", "limit must be a positive integer"),
+    ],
+    ids=["deep-json", "unknown-charset", "huge-limit", "superscript-limit"],
+)
+async def test_admin_api_answers_bad_input_with_400_not_500(
+    aiohttp_client: Any,
+    settings: Settings,
+    config: RelayConfig,
+    method: str,
+    path: str,
+    content_type: str | None,
+    body: bytes,
+    message: str,
+) -> None:
+    """Regression: RecursionError, LookupError and int()'s digit limit escaped the handlers as 500s."""
+    client = await admin_client(aiohttp_client, settings, config)
+    headers = bearer() | ({"Content-Type": content_type} if content_type else {})
+    response = await client.request(method, path, headers=headers, data=body)
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["error"] == "bad_request"
+    assert message in answer["message"]

@@ -30,9 +30,11 @@ from tests.conftest import (
     clean_environment,
     drain_queue,
     poll,
+    watch_secrets,
 )
 
 GITHUB_SECRET = "It's a Secret to Everybody"
+watch_secrets(GITHUB_SECRET)
 CONFIG = f"""
 sources:
   tally:

@@ -33,7 +33,14 @@ from relay.ingress import create_app
 from relay.redis_server import EmbeddedRedis
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
 from relay.settings import Settings, load_settings
-from tests.conftest import Sandbox, assert_sdk_request, clean_environment, drain_queue, sandbox_handle
+from tests.conftest import (
+    Sandbox,
+    assert_sdk_request,
+    clean_environment,
+    drain_queue,
+    sandbox_handle,
+    watch_secrets,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "config" / "examples"
@@ -510,6 +517,7 @@ EXAMPLE_TABLE = [
         ],
     ),
 ]
+watch_secrets(*(example.secret for example in EXAMPLE_TABLE))
 SIGNED = [example for example in EXAMPLE_TABLE if example.secret_env is not None]
 SECRETS = {  # the environment each example's config needs
     example.source: {example.secret_env: example.secret} if example.secret_env else {}

@@ -11,6 +11,7 @@ from relay.config import RelayConfig
 from relay.ingress import create_app
 from relay.redis_server import free_port
 from relay.settings import Settings
+from tests.conftest import send_raw
 from tests.test_delivery import FORM
 
 
@@ -124,3 +125,22 @@ async def test_malformed_bodies_of_every_format_are_400_with_a_reason(
     response = await client.post("/hooks/website-form", data=body, headers={"Content-Type": content_type})
     await refusal(response, 400, "malformed_body")
     assert redis.dbsize() == 0, redis.keys()
+
+
+async def test_an_event_id_header_that_is_not_utf8_is_400_and_nothing_is_stored(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, redis: Redis
+) -> None:
+    """Regression: the byte reached Redis as a lone surrogate, failed to encode there, and answered 500."""
+    client = await aiohttp_client(create_app(settings, config))
+    body = b'{"properties": {"phone": {"value": "+14155550100"}}}'
+    response = await send_raw(
+        client.port,
+        b"POST /hooks/hubspot-workflow HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        b"X-Request-Id: req-\xff\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body),
+    )
+    assert response.status == 400
+    assert response.json() == {
+        "error": "malformed_header",
+        "message": "header X-Request-Id is not valid UTF-8",
+    }
+    assert redis.dbsize() == 0

@@ -8,6 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from relay.config import Locator, RelayConfig, parse_config
+from relay.errors import MalformedHeader
 from relay.mapping import PlannedRun, UnmappedRun, locate, map_event
 
 FROM = "+14155550100"
@@ -343,3 +344,59 @@ def test_locate_returns_none_for_objects_lists_and_empty(value: Any) -> None:
 def test_locate_absent_path_or_no_locator() -> None:
     assert locate(Locator(path="a.b"), {"a": "not an object"}, {}) is None
     assert locate(None, {"id": "x"}, {}) is None
+
+
+def test_locate_refuses_a_header_that_is_not_utf8() -> None:
+    """Regression: an event id header with a byte that is not UTF-8 reached Redis and failed there (a 500)."""
+    headers = CIMultiDict({"X-Id": "evt-\udcff"})  # how aiohttp hands such a byte over
+    with pytest.raises(MalformedHeader, match="header X-Id is not valid UTF-8"):
+        locate(Locator(header="X-Id"), {}, headers)
+    assert locate(Locator(header="X-Id"), {}, CIMultiDict({"X-Id": "évt-1"})) == "évt-1"
+
+
+def one_path_route(path: str, when: str | None = None) -> RelayConfig:
+    condition = f", when: {when!r}" if when else ""
+    return config_of(
+        f"sources: {{s: {{}}}}\nroutes:\n  - {{name: r, source: s, phlo_id: p{condition}, "
+        f"payload: {{x: {{path: {path!r}}}, y: {{path: y}}}}}}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    [
+        ("floor(to_number(a))", {"a": "1.0e999"}),  # OverflowError: cannot convert float infinity
+        ("ceil(sum(a))", {"a": [1e308, 1e308]}),
+        ("a[::0]", {"a": [1]}),  # ValueError: slice step cannot be zero
+        ("merge(a, b)", {"a": {}, "b": 1}),  # TypeError: 'int' object is not iterable
+        ("a" + " | a" * 400, {"a": 1}),  # RecursionError
+    ],
+    ids=["overflow", "overflow-sum", "zero-step", "merge-number", "recursion"],
+)
+def test_an_expression_that_fails_on_the_document_counts_as_no_value(path: str, document: Any) -> None:
+    """Regression: JMESPath raised plain Python errors on these documents, which escaped map_event: a 500."""
+    [run] = map_event(one_path_route(path), "s", None, {**document, "y": 1}).runs
+    assert run.payload == {"y": 1}
+    assert map_event(one_path_route("y", when=path), "s", None, document).ignored
+
+
+@pytest.mark.parametrize("text", ["1.0e999", "-1.0e999", "NaN", "inf"])
+def test_a_number_json_cannot_carry_is_a_mapping_failure(text: str) -> None:
+    """Regression: to_number() made an infinity or NaN, which the worker could not send (a failure each
+    attempt, with a misleading reason); now the route is dead-lettered at once, saying why."""
+    for path in ("to_number(a)", "[to_number(a)]"):
+        mapped = map_event(one_path_route(path), "s", None, {"a": text})
+        assert mapped.runs == []
+        [failure] = mapped.failures
+        assert failure.reason.startswith(
+            "payload key 'x' holds an infinity, a NaN or an expression reference"
+        )
+
+
+@pytest.mark.parametrize("path", ["&a", "[&a]", "{k: &a}"])
+def test_a_path_to_an_expression_reference_is_a_mapping_failure_not_a_crash(path: str) -> None:
+    """Regression: `&a` compiles and evaluates to a JMESPath object, which no JSON encoder takes: the
+    queued job failed to serialize (a 500). Found by tests/test_fuzz.py."""
+    [failure] = map_event(one_path_route(path), "s", None, {"a": 1}).failures
+    assert "expression reference" in failure.reason
+    assert locate(Locator(path=path), {"a": 1}, {}) is None  # an event id that is a JMESPath object

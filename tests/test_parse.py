@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -506,6 +507,13 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
         (XML, b'<!DOCTYPE a SYSTEM "http://attacker.example/x.dtd"><a/>', MalformedBody, "DOCTYPE"),
         (XML, b'<!DOCTYPE a PUBLIC "-//x//y" "http://x.example/y.dtd"><a/>', MalformedBody, "DOCTYPE"),
         (XML, b"<?xml version='1.0'?>\n <!-- hi --> \n<!DOCTYPE\n a><a/>", MalformedBody, "DOCTYPE"),
+        (
+            XML,
+            b'<a xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include href="file:///etc/passwd"/></a>',
+            MalformedBody,
+            "XML with XInclude is refused",
+        ),
+        (XML, b'<include xmlns="http://www.w3.org/2001/XInclude" href="x"/>', MalformedBody, "XInclude"),
         ("text/xml; charset=utf-8", b"\xef\xbb\xbf<!DOCTYPE a><a/>", MalformedBody, "DOCTYPE"),
         (XML, "<!DOCTYPE a><a/>".encode("utf-16"), MalformedBody, "DOCTYPE"),
         (XML, b"<a>" * (MAX_DEPTH + 1) + b"</a>" * (MAX_DEPTH + 1), MalformedBody, "nested deeper than"),
@@ -576,3 +584,60 @@ def test_any_truncation_is_a_document_or_a_refusal(content_type: str, body: byte
             assert exc.status in (400, 415)
         else:
             json.dumps(document, ensure_ascii=False, allow_nan=False).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (f"{FORM}; charset=unicode_escape", b"submission_id=%5Cud800"),
+        (f"{FORM}; charset=raw_unicode_escape", b"a=1&b=x%5Cudfff"),
+        (f"{FORM}; charset=unicode_escape", b"%5Cud800=1"),
+        (FORM, b"rawRequest=%7B%22a%22%3A%22%5Cud800%22%7D"),  # JSON text in a field: {"a":"\ud800"}
+        ("application/json", b'{"\\udc00": 1}'),
+        ("application/json", b'[[["\\ud83d"]]]'),
+    ],
+    ids=["form-value", "form-raw-escape", "form-name", "json-field", "json-key", "json-nested"],
+)
+def test_text_that_decodes_to_lone_surrogates_is_refused_anywhere(content_type: str, body: bytes) -> None:
+    """Regression: percent-decoding with charset=unicode_escape made lone surrogates the checks of the whole
+    body missed; as an event id they failed to encode in Redis, a 500."""
+    with pytest.raises(MalformedBody, match="unpaired surrogate"):
+        parse_body(content_type, body, json_fields=["rawRequest"])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'--b\r\nContent-Disposition: form-data; name="a"; ' + b"x=y; " * 150_000 + b"\r\n\r\nv\r\n--b--",
+            "its parts' headers are over 65536 bytes",
+        ),
+        (
+            b"".join(
+                b'--b\r\nContent-Disposition: form-data; name="a%d"\r\n\r\nv\r\n' % i for i in range(9000)
+            )
+            + b"--b--",
+            "more than 1000 parts",
+        ),
+        (
+            b"--b\r\nContent-Disposition: form-data; name=a\r\n" + b"X-A: b\r\n" * 10_000 + b"\r\n\r\n--b--",
+            "65536",
+        ),
+    ],
+    ids=["750k-of-parameters", "9000-parts", "10000-headers"],
+)
+def test_a_multipart_body_crafted_to_stall_the_mime_parser_is_refused_before_it(
+    body: bytes, message: str
+) -> None:
+    """Regression: the MIME parser took 64 s of CPU, in the event loop, for 750 KiB of parameters in one
+    part's Content-Disposition (under the default 1 MiB limit, from an anonymous sender), and 6 s for
+    9000 small parts: one request stalled the ingress for everyone."""
+    with pytest.raises(MalformedBody, match=re.escape(message)):
+        parse_body(MP, body)
+
+
+def test_a_multipart_body_within_the_bounds_still_parses() -> None:
+    parts = b"".join(
+        b'--b\r\nContent-Disposition: form-data; name="q%d"\r\n\r\n%d\r\n' % (i, i) for i in range(999)
+    )
+    assert len(parse_body(MP, parts + b"--b--")) == 999

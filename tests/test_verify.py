@@ -7,6 +7,7 @@ same checks run over all of them. Basic, token and IP allow-lists, which sign no
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import re
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from relay.config import Source
 from relay.errors import ConfigError, ConfigProblem, VerificationFailed
 from relay.schemes import HookRequest
 from relay.verify import SourceVerifier, build_verifiers
+from tests.conftest import watch_secrets
 
 NOW = 1_700_000_000
 URL = "https://relay.example.com/hooks/src?key=1"
@@ -38,6 +40,7 @@ WHSEC = (
     "whsec_" + base64.b64encode(b"w" * 24).decode(),
 )
 NO_MATCH = "no signature matches any configured secret"
+watch_secrets(*SECRETS[:2], *WHSEC[:2])  # the configured and rotated ones
 FILE = "relay.yaml"
 
 Signer = Callable[[str, bytes, int], HookRequest]
@@ -724,3 +727,51 @@ def test_hubspot_v3_accepts_the_uri_as_sent_and_as_hubspot_decodes_it(signed_url
     headers = {"X-HubSpot-Signature-v3": signature, "X-HubSpot-Request-Timestamp": str(stamp)}
     request = make_request(headers, body, url="https://relay.example.com/hooks/src?next=a%3Ab")
     make_verifier({"scheme": "hubspot-v3"}, "s3cret").verify(request, now_s=NOW)
+
+
+# aiohttp decodes header bytes as UTF-8 with surrogateescape: a byte that is not UTF-8 arrives as U+DC80-DCFF.
+NOT_UTF8 = "\udcff"
+
+
+def test_non_utf8_bytes_in_a_header_or_the_host_are_refused_not_a_crash(case: Case) -> None:
+    """Regression: a header or Host byte that is not UTF-8 raised UnicodeEncodeError (a 500), not a 401."""
+    verifier = make_verifier(case.scheme, case.secrets[0])
+    request = signed(case)
+    for name in case.headers:
+        refusal(verifier, with_headers(request, **{name: request.headers[name] + NOT_UTF8}))
+    with contextlib.suppress(VerificationFailed):  # schemes that do not sign the URL pass
+        verifier.verify(replace(request, url=request.url.replace("relay.", f"relay{NOT_UTF8}.")), now_s=NOW)
+
+
+@pytest.mark.parametrize("scheme", [TOKEN_HEADER, {"scheme": "token", "query": "key"}, BASIC])
+def test_non_utf8_bytes_in_a_token_are_refused_not_a_crash(scheme: dict[str, str]) -> None:
+    """Regression: a token header byte that is not UTF-8 raised UnicodeEncodeError (a 500), not a 401."""
+    headers = {"X-Token": f"tok{NOT_UTF8}", "Authorization": f"Basic {NOT_UTF8}"}
+    url = URL.replace("relay.", f"relay{NOT_UTF8}.")
+    refusal(make_verifier(scheme, "tok:en"), make_request(headers, url=url))
+
+
+def test_signatures_cover_the_bytes_as_sent_even_when_not_utf8() -> None:
+    scheme = {"scheme": "hmac", "header": "X-Sig", "signed": "{url}{body}"}
+    url = f"https://h{NOT_UTF8}.example.com/hooks/src"
+    request = make_request({"X-Sig": mac("s", b"https://h\xff.example.com/hooks/src" + BODY).hex()}, url=url)
+    make_verifier(scheme, "s").verify(request, now_s=NOW)
+
+
+@pytest.mark.parametrize("host", ["[", "a]b", "[::1"])
+@pytest.mark.parametrize(
+    ("scheme", "headers"),
+    [
+        ({"scheme": "twilio"}, {"X-Twilio-Signature": b64(bytes(20))}),
+        ({"scheme": "token", "query": "key"}, {}),
+    ],
+    ids=["twilio", "token-query"],
+)
+def test_an_unparseable_request_url_is_refused_not_a_crash(
+    scheme: dict[str, str], headers: dict[str, str], host: str
+) -> None:
+    """Regression: a Host header such as ``[`` made urlsplit raise ValueError (a 500), not a 401."""
+    request = make_request(headers, url=f"https://{host}/hooks/src?key=1")
+    reason = refusal(make_verifier(scheme, "1"), request)
+    assert reason == "the request URL does not parse (a malformed Host header?)"
+    assert "key=1" not in reason
