@@ -3,15 +3,21 @@
 Workers are RQ ``SimpleWorker``s (no fork per job), so each process keeps one runner client and its
 connection pool, its breakers and rate limits from job to job. A worker that dies mid-job is found by any
 other worker within ``RELAY_JOB_TIMEOUT_S`` + 5 s + ``RELAY_MAINTENANCE_INTERVAL_S`` and its run retried.
+A Redis restart does not end ``relay worker``: once Redis answers again it starts a fresh RQ worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -95,10 +101,19 @@ def current_context() -> WorkerContext:
 class RelayWorker(SimpleWorker):
     """A SimpleWorker whose runs, when it dies, are found within ``job timeout + 5 s`` (RQ adds 60 s)."""
 
+    # An idle worker that lost Redis retries with a doubling wait; RQ's cap of 60 s would leave it idle
+    # for up to a minute after Redis is back.
+    max_connection_wait_time = 5.0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # RQ's WorkerPool passes no maintenance interval: take it from the settings.
         kwargs.setdefault("maintenance_interval", current_context().settings.maintenance_interval_s)
         super().__init__(*args, **kwargs)
+        self.stop_requested = False
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True  # a warm shutdown: work() returns, and must not be started again
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     @property
     def dequeue_timeout(self) -> int:
@@ -130,12 +145,39 @@ def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) 
     context = WorkerContext.build(settings)
     use_context(context)
     try:
-        worker = RelayWorker(
-            [queue],
-            connection=redis,
-            serializer=JSONSerializer,
-        )
-        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+        while True:
+            worker = RelayWorker([queue], connection=redis, serializer=JSONSerializer)
+            try:
+                worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+            except RedisError as exc:  # RQ's teardown writes the worker's death to Redis
+                log.warning("worker %s ended without Redis: %s", worker.name, exc)
+            if burst or worker.stop_requested:
+                return
+            # RQ quits its work loop on any Redis error while a job is out (a Redis restart): start a
+            # fresh worker once Redis answers. The job is found as abandoned and retried.
+            log.error("worker %s stopped on an error; starting a new one once Redis answers", worker.name)
+            if not _wait_for_redis(redis):
+                return
+            if worker.scheduler is not None:
+                # Its scheduler died with it; its lock would keep every other scheduler away for a minute
+                # (if Redis is gone again, it expires on its own).
+                with contextlib.suppress(RedisError):
+                    worker.scheduler.release_locks()  # type: ignore[no-untyped-call]
     finally:
         use_context(None)
         context.close()
+
+
+def _wait_for_redis(redis: Redis) -> bool:
+    """Sleep until Redis answers PING; False when SIGTERM or SIGINT comes first (nothing is in flight)."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    delay_s = 0.5
+    while not stop.wait(delay_s):
+        try:
+            redis.ping()
+            return True
+        except RedisError:
+            delay_s = min(delay_s * 2, RelayWorker.max_connection_wait_time)
+    return False

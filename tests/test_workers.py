@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -19,14 +20,17 @@ from redis import Redis
 from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
 from relay.ingress import create_app
+from relay.redis_server import EmbeddedRedis, free_port
 from relay.settings import DEFAULT_ACCOUNT, Settings
 from tests.conftest import Sandbox, clean_environment, poll
 from tests.test_delivery import FORM
 
 
 @contextlib.contextmanager
-def worker_process(settings: Settings, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``relay worker`` with ``args`` in a session of its own.
+def worker_process(
+    settings: Settings, *args: str, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``relay worker`` with ``args`` in a session of its own, its log in ``log`` if given.
 
     At the end the whole session is killed: a pool's forked workers and RQ's scheduler process outlive a
     killed parent, and would go on taking later tests' jobs.
@@ -34,7 +38,7 @@ def worker_process(settings: Settings, *args: str) -> Iterator[subprocess.Popen[
     process = subprocess.Popen(
         [sys.executable, "-m", "relay", "worker", *args],
         env=clean_environment(**settings.as_environment()),
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if log is None else log.open("wb"),
         start_new_session=True,
     )
     try:
@@ -158,6 +162,35 @@ async def test_a_run_whose_worker_is_killed_mid_run_is_retried_and_succeeds(
         s["error"] for s in run["history"]
     ]
     assert len(sandbox.runs()) == 2
+
+
+async def test_a_worker_that_loses_redis_mid_run_carries_on_once_redis_is_back(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Regression: RQ's work loop quits on a Redis error while a job is out, and `relay worker` ended
+    # with it, so a Redis restart left the relay without workers.
+    with EmbeddedRedis(tmp_path / "redis", port=free_port(), appendonly=True) as own_redis:
+        quick = settings.model_copy(
+            update={"redis_url": own_redis.url, "job_timeout_s": 5, "maintenance_interval_s": 1}
+        )
+        sandbox.fail(None, 1, latency_ms=1000)
+        client, event_ids = await post_events(aiohttp_client, quick, config, 1)
+        log = tmp_path / "worker.log"
+        with worker_process(quick, log=log) as worker:
+            await asyncio.to_thread(wait_for_runs, sandbox, 1)  # the run is out
+            own_redis.stop()  # Redis goes: the worker cannot record what the runner answers
+
+            def restarting() -> bool | None:
+                assert worker.poll() is None, "the worker exited when Redis went away"
+                return True if "starting a new one once Redis answers" in log.read_text() else None
+
+            await asyncio.to_thread(poll, restarting, 60)
+            own_redis.start()  # same port, same append-only file
+            more = await post_events(aiohttp_client, quick, config, 1)
+            [first] = await until_all(client, event_ids, "succeeded")
+            await until_all(more[0], more[1], "succeeded")
+            assert worker.poll() is None
+    assert first["ambiguous"] is True  # the answer of the first attempt was never recorded
 
 
 async def test_sigterm_finishes_the_runs_in_flight_and_a_second_sigterm_stops_at_once(
