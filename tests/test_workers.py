@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
 from relay.ingress import create_app
 from relay.redis_server import EmbeddedRedis, free_port
 from relay.settings import DEFAULT_ACCOUNT, Settings
-from tests.conftest import Sandbox, clean_environment, poll
+from tests.conftest import Sandbox, clean_environment, drain_queue, poll
 from tests.test_delivery import FORM
 
 
@@ -191,6 +194,28 @@ async def test_a_worker_that_loses_redis_mid_run_carries_on_once_redis_is_back(
             await until_all(more[0], more[1], "succeeded")
             assert worker.poll() is None
     assert first["ambiguous"] is True  # the answer of the first attempt was never recorded
+
+
+async def test_a_run_that_succeeded_is_not_sent_again_when_rq_runs_its_job_again(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    # Regression: a worker killed after recording a success, before RQ marked the job finished, leaves
+    # the job started; RQ's cleanup retries it, and the PHLO ran a second time, not marked ambiguous.
+    client, event_ids = await post_events(aiohttp_client, settings, config, 1)
+    drain_queue(settings)
+    [before] = await runs_of(client, event_ids)
+    assert before["status"] == "succeeded"
+    job = Job.fetch(before["job_id"], connection=redis, serializer=JSONSerializer)
+    with redis.pipeline() as pipe:  # what the killed worker leaves: the job started, its execution expired
+        job.set_status(JobStatus.STARTED, pipeline=pipe)
+        Execution.create(job, ttl=0, pipeline=pipe)
+        pipe.execute()
+    drain_queue(settings)  # the worker's maintenance finds the job abandoned, and RQ runs it again
+    [after] = await runs_of(client, event_ids)
+    assert len(sandbox.runs()) == 1
+    assert after["status"] == "succeeded"
+    assert (after["phlo_run_id"], after["attempts"]) == (before["phlo_run_id"], 1)
+    assert job.get_status() == JobStatus.FINISHED
 
 
 async def test_sigterm_finishes_the_runs_in_flight_and_a_second_sigterm_stops_at_once(
