@@ -12,13 +12,14 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
@@ -31,6 +32,14 @@ from relay.runner import RunnerClient
 from relay.settings import PlivoAccount, Settings, load_settings
 
 log = logging.getLogger(__name__)
+# KEYS: the intermediate list, the queue. Only the worker whose LREM finds the job puts it back.
+_REQUEUE_STRANDED = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[1])
+    return 1
+end
+return 0
+"""
 # A run whose worker dies is found once its RQ execution entry expires: the job timeout plus this.
 ABANDONED_GRACE_S = 5
 
@@ -110,6 +119,8 @@ class RelayWorker(SimpleWorker):
         kwargs.setdefault("maintenance_interval", current_context().settings.maintenance_interval_s)
         super().__init__(*args, **kwargs)
         self.stop_requested = False
+        self._stranded: dict[str, float] = {}  # job id: when first seen taken but not started (monotonic)
+        self._requeue_script = self.connection.register_script(_REQUEUE_STRANDED)
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True  # a warm shutdown: work() returns, and must not be started again
@@ -125,6 +136,30 @@ class RelayWorker(SimpleWorker):
         if job.timeout is None or job.timeout < 0:
             return super().get_heartbeat_ttl(job, working_time)
         return int(job.timeout) + ABANDONED_GRACE_S
+
+    def clean_registries(self) -> None:
+        super().clean_registries()  # type: ignore[no-untyped-call]
+        for queue in self.queues:
+            self._requeue_stranded(queue)
+
+    def _requeue_stranded(self, queue: Queue) -> None:
+        """Put back at the queue's front the jobs a worker took but never started.
+
+        RQ moves a job to an intermediate list as it takes it, and to its started registry as it starts
+        it. A worker that dies (or loses Redis) in between strands it there; RQ looks again only after a
+        minute, and then fails a job without retries left, its run never recorded. Here a job that stays
+        in the list, unstarted, through this worker's checks for the job timeout + 5 s goes back.
+        """
+        threshold_s = current_context().settings.job_timeout_s + ABANDONED_GRACE_S
+        now = time.monotonic()
+        started = set(queue.started_job_registry.get_job_ids(cleanup=False))
+        present = {job_id for job_id in queue.intermediate_queue.get_job_ids() if job_id not in started}
+        self._stranded = {job_id: self._stranded.get(job_id, now) for job_id in present}
+        for job_id, seen_at in list(self._stranded.items()):
+            if now - seen_at > threshold_s:
+                del self._stranded[job_id]
+                if self._requeue_script(keys=[queue.intermediate_queue.key, queue.key], args=[job_id]):
+                    log.warning("job %s was taken by a worker that never started it; queued again", job_id)
 
 
 def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) -> None:

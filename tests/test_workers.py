@@ -22,6 +22,7 @@ from rq.serializers import JSONSerializer
 
 from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
+from relay.enqueue import relay_queue
 from relay.ingress import create_app
 from relay.redis_server import EmbeddedRedis, free_port
 from relay.settings import DEFAULT_ACCOUNT, Settings
@@ -216,6 +217,23 @@ async def test_a_run_that_succeeded_is_not_sent_again_when_rq_runs_its_job_again
     assert after["status"] == "succeeded"
     assert (after["phlo_run_id"], after["attempts"]) == (before["phlo_run_id"], 1)
     assert job.get_status() == JobStatus.FINISHED
+
+
+async def test_a_run_taken_by_a_worker_that_died_before_starting_it_is_delivered_within_seconds(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    # Regression: RQ moves a job to an intermediate list as a worker takes it; a worker that died (or
+    # lost Redis) before starting it left it there for over a minute, out of every worker's reach.
+    quick = settings.model_copy(update={"job_timeout_s": 5, "maintenance_interval_s": 1})
+    client, event_ids = await post_events(aiohttp_client, quick, config, 1)
+    queue = relay_queue(redis, quick)
+    assert redis.lmove(queue.key, queue.intermediate_queue.key)  # what the dead worker's BLMOVE did
+    taken_at = time.monotonic()
+    with worker_process(quick):
+        await until_all(client, event_ids, "succeeded", timeout_s=60)
+    # Found within the job timeout + 5 s and two maintenance intervals; RQ alone waits over a minute.
+    assert time.monotonic() - taken_at < 30
+    assert len(sandbox.runs()) == 1
 
 
 async def test_sigterm_finishes_the_runs_in_flight_and_a_second_sigterm_stops_at_once(
