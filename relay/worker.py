@@ -107,9 +107,34 @@ def current_context() -> WorkerContext:
     return _context
 
 
+# KEYS[1]: RQ's maintenance lock. ARGV[1]: seconds. Take it; or cut one held for longer down to ARGV[1].
+_MAINTENANCE_LOCK = """
+if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
+    return 1
+end
+if redis.call('TTL', KEYS[1]) > tonumber(ARGV[1]) then
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+class RelayQueue(Queue):
+    """The relay's queue as its workers use it: RQ's maintenance lock lasts a job timeout, not 15 minutes.
+
+    Only the worker holding that lock looks for crashed runs. One killed (or cut off from Redis) while
+    holding it stopped every worker from finding crashed runs for the 15 minutes of RQ's lock.
+    """
+
+    def acquire_maintenance_lock(self) -> bool:
+        lock_s = current_context().settings.job_timeout_s  # a cleaning pass takes far less
+        return bool(self.connection.eval(_MAINTENANCE_LOCK, 1, self.registry_cleaning_key, lock_s))
+
+
 class RelayWorker(SimpleWorker):
     """A SimpleWorker whose runs, when it dies, are found within ``job timeout + 5 s`` (RQ adds 60 s)."""
 
+    queue_class = RelayQueue
     # An idle worker that lost Redis retries with a doubling wait; RQ's cap of 60 s would leave it idle
     # for up to a minute after Redis is back.
     max_connection_wait_time = 5.0
@@ -181,7 +206,7 @@ def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) 
     use_context(context)
     try:
         while True:
-            worker = RelayWorker([queue], connection=redis, serializer=JSONSerializer)
+            worker = RelayWorker([queue.name], connection=redis, serializer=JSONSerializer)
             try:
                 worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
             except RedisError as exc:  # RQ's teardown writes the worker's death to Redis

@@ -236,6 +236,26 @@ async def test_a_run_taken_by_a_worker_that_died_before_starting_it_is_delivered
     assert len(sandbox.runs()) == 1
 
 
+async def test_a_worker_killed_while_holding_rqs_maintenance_lock_does_not_hold_up_crash_recovery(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    # Regression: only the holder of RQ's maintenance lock finds crashed runs, and RQ takes it for 15
+    # minutes; a worker that died holding it left every crashed run unnoticed that long.
+    quick = settings.model_copy(update={"job_timeout_s": 5, "maintenance_interval_s": 1})
+    sandbox.fail(None, 1, latency_ms=4000)
+    client, event_ids = await post_events(aiohttp_client, quick, config, 1)
+    with worker_process(quick) as doomed:
+        await asyncio.to_thread(wait_for_runs, sandbox, 1)  # the request is in flight
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    killed_at = time.monotonic()
+    assert relay_queue(redis, quick).acquire_maintenance_lock()  # as RQ takes it, in the dead worker
+    with worker_process(quick):
+        [run] = await until_all(client, event_ids, "succeeded", timeout_s=60)
+    assert time.monotonic() - killed_at < 30  # job timeout 5 s + 5 s, the lock cut to the job timeout
+    assert run["ambiguous"] is True
+
+
 async def test_sigterm_finishes_the_runs_in_flight_and_a_second_sigterm_stops_at_once(
     aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox
 ) -> None:
