@@ -26,6 +26,7 @@ from tests.faults.harness import Cluster
 from tests.faults.stream import Stream, wait_for
 
 LONG = os.environ.get("RELAY_FAULTS") == "long"
+SETTLE_S = 300.0 if LONG else 120.0  # how long the runs may take to end once the stream is over
 pytestmark = pytest.mark.timeout(1800 if LONG else 300)
 
 
@@ -81,7 +82,7 @@ async def test_workers_killed_with_sigkill_again_and_again(tmp_path: Path) -> No
                 await asyncio.to_thread(cluster.kill_worker, victim)
                 cluster.start_worker()  # at once, as a supervisor would
             kills += len(victims)
-        report = await asyncio.to_thread(account, cluster, await flowing, "workers SIGKILLed")
+        report = await asyncio.to_thread(account, cluster, await flowing, "workers SIGKILLed", SETTLE_S)
         report.notes.update(kills=kills, runs_killed_mid_run=killed_mid_run(report))
         finish(cluster, report)
     assert kills >= 5
@@ -97,7 +98,7 @@ async def test_redis_restarted_during_the_stream_loses_no_accepted_event(tmp_pat
         for number in range(1, restarts + 1):
             await wait_for(lambda n=number: stream.sent >= scale.events * n // (restarts + 1))
             await asyncio.to_thread(cluster.restart_redis)
-        report = await asyncio.to_thread(account, cluster, await flowing, "Redis restarted")
+        report = await asyncio.to_thread(account, cluster, await flowing, "Redis restarted", SETTLE_S)
         report.notes.update(restarts=restarts)
         finish(cluster, report)
 
@@ -117,7 +118,7 @@ async def test_redis_unreachable_at_the_ingress_answers_503_and_recovers_on_its_
         await asyncio.to_thread(cluster.redis.start)
         back_at = time.time()
         webhooks = await flowing
-        report = await asyncio.to_thread(account, cluster, webhooks, "Redis unreachable")
+        report = await asyncio.to_thread(account, cluster, webhooks, "Redis unreachable", SETTLE_S)
 
         attempts = sorted((a for hook in webhooks for a in hook.attempts), key=lambda a: a.at)
         refused = [a for a in attempts if a.status == 503]
@@ -147,7 +148,7 @@ async def test_an_ingress_killed_mid_stream_delivers_all_it_answered(tmp_path: P
         await asyncio.to_thread(doomed.kill)
         await wait_for(lambda: stream.sent >= scale.events * 3 // 5)
         await asyncio.to_thread(doomed.start)  # as a supervisor would, on the same port
-        report = await asyncio.to_thread(account, cluster, await flowing, "an ingress SIGKILLed")
+        report = await asyncio.to_thread(account, cluster, await flowing, "an ingress SIGKILLed", SETTLE_S)
         finish(cluster, report)
     assert report.unanswered > 0, "no request met the dead ingress"
 
@@ -199,7 +200,9 @@ async def test_a_sandbox_down_then_slow_then_429_and_500_loses_nothing(tmp_path:
                 sandbox.fault(None, 2, latency_ms=1)
         sandbox.fault(500, cluster.settings.breaker_failures + 1)  # enough in a row to open the breaker
         await wait_for(lambda: not sandbox.faults(), 120, interval_s=0.5)
-        report = await asyncio.to_thread(account, cluster, await flowing, "sandbox down, slow, 429, 500")
+        report = await asyncio.to_thread(
+            account, cluster, await flowing, "sandbox down, slow, 429, 500", SETTLE_S
+        )
 
         received = sandbox.all_runs()
         busiest = busiest_window([run["received_at"] for run in received], 1.0)
