@@ -246,6 +246,11 @@ def deliver(
     run = outcome.read_run(context.redis, event_id, job_id) or RunOutcome(
         job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
     )
+    if run.status is RunStatus.SUCCEEDED:
+        # RQ runs a job again when its worker died after the success was recorded but before RQ marked
+        # the job finished: sending it would run the PHLO twice.
+        log.warning("run %s already succeeded (PHLO run %s); not sent again", job_id, run.phlo_run_id)
+        return {"phlo_run_id": run.phlo_run_id, "message": run.message, "status": run.http_status}
     delivery = _Delivery(
         context.redis, settings, context.metrics, event_id, job, _job_policy(policy, settings), run
     )

@@ -3,26 +3,31 @@
 Workers are RQ ``SimpleWorker``s (no fork per job), so each process keeps one runner client and its
 connection pool, its breakers and rate limits from job to job. A worker that dies mid-job is found by any
 other worker within ``RELAY_JOB_TIMEOUT_S`` + 5 s + ``RELAY_MAINTENANCE_INTERVAL_S`` and its run retried.
+A Redis restart does not end ``relay worker``: once Redis answers again it starts a fresh RQ worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
+from types import FrameType
 from typing import Any
 
 from prometheus_client import start_http_server
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from relay.breaker import CircuitBreaker
-from relay.jobs import relay_queue
 from relay.logs import bind
 from relay.metrics import RelayMetrics
 from relay.queue_state import scrape_registry
@@ -33,6 +38,14 @@ from relay.settings import PlivoAccount, Settings, load_settings
 from relay.supervisor import Child, supervise
 
 log = logging.getLogger(__name__)
+# KEYS: the intermediate list, the queue. Only the worker whose LREM finds the job puts it back.
+_REQUEUE_STRANDED = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[1])
+    return 1
+end
+return 0
+"""
 # A run whose worker dies is found once its RQ execution entry expires: the job timeout plus this.
 ABANDONED_GRACE_S = 5
 
@@ -101,12 +114,48 @@ def current_context() -> WorkerContext:
     return _context
 
 
+# KEYS[1]: RQ's maintenance lock. ARGV[1]: seconds. Take it; or cut one held for longer down to ARGV[1].
+_MAINTENANCE_LOCK = """
+if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
+    return 1
+end
+if redis.call('TTL', KEYS[1]) > tonumber(ARGV[1]) then
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+class RelayQueue(Queue):
+    """The relay's queue as its workers use it: RQ's maintenance lock lasts a job timeout, not 15 minutes.
+
+    Only the worker holding that lock looks for crashed runs. One killed (or cut off from Redis) while
+    holding it stopped every worker from finding crashed runs for the 15 minutes of RQ's lock.
+    """
+
+    def acquire_maintenance_lock(self) -> bool:
+        lock_s = current_context().settings.job_timeout_s  # a cleaning pass takes far less
+        return bool(self.connection.eval(_MAINTENANCE_LOCK, 1, self.registry_cleaning_key, lock_s))
+
+
 class RelayWorker(SimpleWorker):
     """A SimpleWorker whose runs, when it dies, are found within ``job timeout + 5 s`` (RQ adds 60 s)."""
+
+    queue_class = RelayQueue
+    # An idle worker that lost Redis retries with a doubling wait; RQ's cap of 60 s would leave it idle
+    # for up to a minute after Redis is back.
+    max_connection_wait_time = 5.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("maintenance_interval", current_context().settings.maintenance_interval_s)
         super().__init__(*args, **kwargs)
+        self.stop_requested = False
+        self._stranded: dict[str, float] = {}  # job id: when first seen taken but not started (monotonic)
+        self._requeue_script = self.connection.register_script(_REQUEUE_STRANDED)
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True  # a warm shutdown: work() returns, and must not be started again
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     @property
     def dequeue_timeout(self) -> int:
@@ -136,16 +185,55 @@ class RelayWorker(SimpleWorker):
             return super().get_heartbeat_ttl(job, working_time)
         return int(job.timeout) + ABANDONED_GRACE_S
 
+    def clean_registries(self) -> None:
+        super().clean_registries()  # type: ignore[no-untyped-call]
+        for queue in self.queues:
+            self._requeue_stranded(queue)
+
+    def _requeue_stranded(self, queue: Queue) -> None:
+        """Put back at the queue's front the jobs a worker took but never started.
+
+        RQ moves a job to an intermediate list as it takes it, and to its started registry as it starts
+        it. A worker that dies (or loses Redis) in between strands it there; RQ looks again only after a
+        minute, and then fails a job without retries left, its run never recorded. Here a job that stays
+        in the list, unstarted, through this worker's checks for the job timeout + 5 s goes back.
+        """
+        threshold_s = current_context().settings.job_timeout_s + ABANDONED_GRACE_S
+        now = time.monotonic()
+        started = set(queue.started_job_registry.get_job_ids(cleanup=False))
+        present = {job_id for job_id in queue.intermediate_queue.get_job_ids() if job_id not in started}
+        self._stranded = {job_id: self._stranded.get(job_id, now) for job_id in present}
+        for job_id, seen_at in list(self._stranded.items()):
+            if now - seen_at > threshold_s:
+                del self._stranded[job_id]
+                if self._requeue_script(keys=[queue.intermediate_queue.key, queue.key], args=[job_id]):
+                    log.warning("job %s was taken by a worker that never started it; queued again", job_id)
+
 
 def work(settings: Settings, *, burst: bool = False) -> None:
     """One worker process: a RelayWorker with RQ's scheduler on the relay's queue, until stopped."""
     context = WorkerContext.build(settings)
     use_context(context)
     try:
-        worker = RelayWorker(
-            [relay_queue(context.redis, settings)], connection=context.redis, serializer=JSONSerializer
-        )
-        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+        while True:
+            # By name: RQ then builds the queue as a RelayQueue (queue_class).
+            worker = RelayWorker([settings.queue_name], connection=context.redis, serializer=JSONSerializer)
+            try:
+                worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+            except RedisError as exc:  # RQ's teardown writes the worker's death to Redis
+                log.warning("worker %s ended without Redis: %s", worker.name, exc)
+            if burst or worker.stop_requested:
+                return
+            # RQ quits its work loop on any Redis error while a job is out (a Redis restart): start a
+            # fresh worker once Redis answers. The job is found as abandoned and retried.
+            log.error("worker %s stopped on an error; starting a new one once Redis answers", worker.name)
+            if not _wait_for_redis(context.redis):
+                return
+            if worker.scheduler is not None:
+                # Its scheduler died with it; its lock would keep every other scheduler away for a minute
+                # (if Redis is gone again, it expires on its own).
+                with contextlib.suppress(RedisError):
+                    worker.scheduler.release_locks()  # type: ignore[no-untyped-call]
     finally:
         use_context(None)
         context.close()
@@ -184,3 +272,18 @@ def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) 
     return supervise(
         children, stop_timeout_s=settings.job_timeout_s + ABANDONED_GRACE_S, restart_clean_exits=not burst
     )
+
+
+def _wait_for_redis(redis: Redis) -> bool:
+    """Sleep until Redis answers PING; False when SIGTERM or SIGINT comes first (nothing is in flight)."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    delay_s = 0.5
+    while not stop.wait(delay_s):
+        try:
+            redis.ping()
+            return True
+        except RedisError:
+            delay_s = min(delay_s * 2, RelayWorker.max_connection_wait_time)
+    return False

@@ -12,21 +12,29 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
+from relay.enqueue import relay_queue
 from relay.ingress import create_app
+from relay.redis_server import EmbeddedRedis, free_port
 from relay.settings import DEFAULT_ACCOUNT, Settings
-from tests.conftest import Sandbox, clean_environment, poll
+from tests.conftest import Sandbox, clean_environment, drain_queue, poll
 from tests.test_delivery import FORM
 
 
 @contextlib.contextmanager
-def worker_process(settings: Settings, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``relay worker`` with ``args`` in a session of its own.
+def worker_process(
+    settings: Settings, *args: str, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``relay worker`` with ``args`` in a session of its own, its log in ``log`` if given.
 
     At the end the whole session is killed: a pool's forked workers and RQ's scheduler process outlive a
     killed parent, and would go on taking later tests' jobs.
@@ -34,7 +42,7 @@ def worker_process(settings: Settings, *args: str) -> Iterator[subprocess.Popen[
     process = subprocess.Popen(
         [sys.executable, "-m", "relay", "worker", *args],
         env=clean_environment(**settings.as_environment()),
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if log is None else log.open("wb"),
         start_new_session=True,
     )
     try:
@@ -158,6 +166,94 @@ async def test_a_run_whose_worker_is_killed_mid_run_is_retried_and_succeeds(
         s["error"] for s in run["history"]
     ]
     assert len(sandbox.runs()) == 2
+
+
+async def test_a_worker_that_loses_redis_mid_run_carries_on_once_redis_is_back(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Regression: RQ's work loop quits on a Redis error while a job is out, and `relay worker` ended
+    # with it, so a Redis restart left the relay without workers.
+    with EmbeddedRedis(tmp_path / "redis", port=free_port(), appendonly=True) as own_redis:
+        quick = settings.model_copy(
+            update={"redis_url": own_redis.url, "job_timeout_s": 5, "maintenance_interval_s": 1}
+        )
+        sandbox.fail(None, 1, latency_ms=1000)
+        client, event_ids = await post_events(aiohttp_client, quick, config, 1)
+        log = tmp_path / "worker.log"
+        with worker_process(quick, log=log) as worker:
+            await asyncio.to_thread(wait_for_runs, sandbox, 1)  # the run is out
+            own_redis.stop()  # Redis goes: the worker cannot record what the runner answers
+
+            def restarting() -> bool | None:
+                assert worker.poll() is None, "the worker exited when Redis went away"
+                return True if "starting a new one once Redis answers" in log.read_text() else None
+
+            await asyncio.to_thread(poll, restarting, 60)
+            own_redis.start()  # same port, same append-only file
+            more = await post_events(aiohttp_client, quick, config, 1)
+            [first] = await until_all(client, event_ids, "succeeded")
+            await until_all(more[0], more[1], "succeeded")
+            assert worker.poll() is None
+    assert first["ambiguous"] is True  # the answer of the first attempt was never recorded
+
+
+async def test_a_run_that_succeeded_is_not_sent_again_when_rq_runs_its_job_again(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    # Regression: a worker killed after recording a success, before RQ marked the job finished, leaves
+    # the job started; RQ's cleanup retries it, and the PHLO ran a second time, not marked ambiguous.
+    client, event_ids = await post_events(aiohttp_client, settings, config, 1)
+    drain_queue(settings)
+    [before] = await runs_of(client, event_ids)
+    assert before["status"] == "succeeded"
+    job = Job.fetch(before["job_id"], connection=redis, serializer=JSONSerializer)
+    with redis.pipeline() as pipe:  # what the killed worker leaves: the job started, its execution expired
+        job.set_status(JobStatus.STARTED, pipeline=pipe)
+        Execution.create(job, ttl=0, pipeline=pipe)
+        pipe.execute()
+    drain_queue(settings)  # the worker's maintenance finds the job abandoned, and RQ runs it again
+    [after] = await runs_of(client, event_ids)
+    assert len(sandbox.runs()) == 1
+    assert after["status"] == "succeeded"
+    assert (after["phlo_run_id"], after["attempts"]) == (before["phlo_run_id"], 1)
+    assert job.get_status() == JobStatus.FINISHED
+
+
+async def test_a_run_taken_by_a_worker_that_died_before_starting_it_is_delivered_within_seconds(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    # Regression: RQ moves a job to an intermediate list as a worker takes it; a worker that died (or
+    # lost Redis) before starting it left it there for over a minute, out of every worker's reach.
+    quick = settings.model_copy(update={"job_timeout_s": 5, "maintenance_interval_s": 1})
+    client, event_ids = await post_events(aiohttp_client, quick, config, 1)
+    queue = relay_queue(redis, quick)
+    assert redis.lmove(queue.key, queue.intermediate_queue.key)  # what the dead worker's BLMOVE did
+    taken_at = time.monotonic()
+    with worker_process(quick):
+        await until_all(client, event_ids, "succeeded", timeout_s=60)
+    # Found within the job timeout + 5 s and two maintenance intervals; RQ alone waits over a minute.
+    assert time.monotonic() - taken_at < 30
+    assert len(sandbox.runs()) == 1
+
+
+async def test_a_worker_killed_while_holding_rqs_maintenance_lock_does_not_hold_up_crash_recovery(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    # Regression: only the holder of RQ's maintenance lock finds crashed runs, and RQ takes it for 15
+    # minutes; a worker that died holding it left every crashed run unnoticed that long.
+    quick = settings.model_copy(update={"job_timeout_s": 5, "maintenance_interval_s": 1})
+    sandbox.fail(None, 1, latency_ms=4000)
+    client, event_ids = await post_events(aiohttp_client, quick, config, 1)
+    with worker_process(quick) as doomed:
+        await asyncio.to_thread(wait_for_runs, sandbox, 1)  # the request is in flight
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    killed_at = time.monotonic()
+    assert relay_queue(redis, quick).acquire_maintenance_lock()  # as RQ takes it, in the dead worker
+    with worker_process(quick):
+        [run] = await until_all(client, event_ids, "succeeded", timeout_s=60)
+    assert time.monotonic() - killed_at < 30  # job timeout 5 s + 5 s, the lock cut to the job timeout
+    assert run["ambiguous"] is True
 
 
 async def test_sigterm_finishes_the_runs_in_flight_and_a_second_sigterm_stops_at_once(
