@@ -145,7 +145,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         log.warning(
             "refused %s %s: %s %s: %s",
             request.method,
-            request.path,
+            request.raw_path.partition("?")[0],  # as sent: no decoded line break, no query (tokens)
             exc.status,
             exc.code,
             exc.message,

@@ -54,6 +54,7 @@ _NATIONAL = re.compile(
 # What every phone number and e-mail address above has: checked first, it spares most values the patterns.
 _MAYBE_PII = re.compile(r"@|\+\d|\(\d|\d\d[ .-]")
 _EMAIL = re.compile(r"(?<![\w.+-])([\w.+-])[\w.+-]*@((?:[\w-]+\.)+[A-Za-z]{2,})(?![\w-])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _OWN_FIELDS = frozenset({"time", "level", "logger"})  # made here, never from a sender's data
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,127}$")
 
@@ -204,7 +205,8 @@ class RelayTextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         clock = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
-        message = self.scrubber.text(record.getMessage())
+        # Escaped: a sender's %0A in a path must not start a forged line (JSON lines escape it already).
+        message = _CONTROL.sub(_escaped, self.scrubber.text(record.getMessage()))
         line = f"{clock} {record.levelname:<7} {record.name}: {message}"
         extras = merge_record_extra(record, {}, reserved=RESERVED_ATTRS)
         cleaned = {key: self.scrubber.value(value) for key, value in extras.items()}
@@ -216,6 +218,10 @@ class RelayTextFormatter(logging.Formatter):
         if record.stack_info:
             line += "\n" + self.scrubber.text(self.formatStack(record.stack_info))
         return redact(line)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]
 
 
 def _shown(value: Any, message: str) -> bool:

@@ -33,7 +33,16 @@ from rq.logutils import setup_loghandlers
 
 from relay.config import load_config
 from relay.ingress import EXECUTOR, create_app, in_thread
-from relay.logs import bind, build_handler, configure_logging, mask_pii, register_secrets, settings_secrets
+from relay.logs import (
+    RelayTextFormatter,
+    _Scrubber,
+    bind,
+    build_handler,
+    configure_logging,
+    mask_pii,
+    register_secrets,
+    settings_secrets,
+)
 from relay.redis_server import EmbeddedRedis, free_port
 from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
 from relay.settings import PlivoAccount, Settings, load_settings
@@ -420,3 +429,12 @@ def _signed_poster(url: str, secret: str) -> Callable[..., httpx.Response]:
         return httpx.post(url, content=content, headers=headers)
 
     return post
+
+
+def test_a_line_break_a_sender_put_in_a_text_line_cannot_forge_another_line() -> None:
+    """Regression (found by the security suite's author): a refused path with %0A started a new text line."""
+    formatter = RelayTextFormatter(_Scrubber(mask_pii=True))
+    record = logging.LogRecord(
+        "relay.ingress", logging.WARNING, "x", 1, "refused /hooks/a\nFORGED", None, None
+    )
+    assert "\n" not in formatter.format(record)
