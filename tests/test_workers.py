@@ -22,7 +22,7 @@ from rq.serializers import JSONSerializer
 
 from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
-from relay.enqueue import relay_queue
+from relay.jobs import relay_queue
 from relay.ingress import create_app
 from relay.redis_server import EmbeddedRedis, free_port
 from relay.settings import DEFAULT_ACCOUNT, Settings
