@@ -22,8 +22,8 @@ from rq.serializers import JSONSerializer
 
 from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
-from relay.jobs import relay_queue
 from relay.ingress import create_app
+from relay.jobs import relay_queue
 from relay.redis_server import EmbeddedRedis, free_port
 from relay.settings import DEFAULT_ACCOUNT, Settings
 from tests.conftest import Sandbox, clean_environment, drain_queue, poll
