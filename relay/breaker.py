@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from redis import Redis
+from redis.client import Pipeline
 
 from relay import keys
 
@@ -132,14 +133,23 @@ class CircuitBreaker:
         ``retry_at``."""
         return self._call_allow(read_only=False)
 
+    def queue_allow(self, pipe: Pipeline) -> None:
+        """``allow()`` queued on a pipeline, to save a round trip; read its reply with ``allowed()``."""
+        self._allow(keys=self._keys, args=self._allow_args(read_only=False), client=pipe)
+
+    @staticmethod
+    def allowed(reply: list[bytes | int]) -> BreakerState:
+        """The state a queued ``allow()`` answered."""
+        return _state(reply)
+
     def state(self) -> BreakerState:
         """The state without taking the probe (``half_open``: the open time is over, a probe is out or may
         go), for metrics."""
         return self._call_allow(read_only=True)
 
-    def record_success(self) -> None:
-        """A run reached the runner: close the breaker and forget past failures."""
-        self.redis.delete(*self._keys)
+    def record_success(self, pipe: Pipeline | None = None) -> None:
+        """A run reached the runner: close the breaker and forget past failures (queued on ``pipe``)."""
+        (pipe if pipe is not None else self.redis).delete(*self._keys)
 
     def record_failure(self) -> BreakerState:
         """Count a transient runner failure; a failure while a probe is out is the probe's. Returns the
@@ -156,12 +166,11 @@ class CircuitBreaker:
         )
         return _state(result)
 
+    def _allow_args(self, *, read_only: bool) -> list[int]:
+        return [_micros(self.probe_timeout_s), _micros(self.max_open_s), int(read_only)]
+
     def _call_allow(self, *, read_only: bool) -> BreakerState:
-        result = self._allow(
-            keys=self._keys,
-            args=[_micros(self.probe_timeout_s), _micros(self.max_open_s), int(read_only)],
-        )
-        return _state(result)
+        return _state(self._allow(keys=self._keys, args=self._allow_args(read_only=read_only)))
 
 
 def _micros(seconds: float) -> int:

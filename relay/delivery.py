@@ -16,12 +16,14 @@ from types import TracebackType
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
-from relay import outcome
+from relay import keys, outcome
+from relay.breaker import BreakerState
 from relay.errors import (
     DeliveryPaused,
     MappingError,
@@ -42,12 +44,11 @@ from relay.worker import WorkerContext, current_context
 log = logging.getLogger(__name__)
 
 
-def _admit(context: WorkerContext, account: str, credentials: PlivoAccount) -> bool:
+def _admit(context: WorkerContext, account: str, credentials: PlivoAccount, state: BreakerState) -> bool:
     """Wait for the account's turn, or raise DeliveryPaused when the breaker is open or the wait too long.
 
-    True when this run is the breaker's probe.
+    ``state`` is what the breaker's ``allow()`` answered. True when this run is the breaker's probe.
     """
-    state = context.breaker(account).allow()
     if state.state == "open":
         delay_s = max((state.retry_at or time.time()) - time.time(), 0.0)
         raise DeliveryPaused(f"circuit breaker of account {account!r} is open", delay_s + 1)
@@ -80,11 +81,16 @@ class _Delivery:
     policy: RetryPolicy
     run: RunOutcome
 
-    def save(self, step: Step | None = None, **changes: Any) -> None:
+    def save(self, step: Step | None = None, pipe: Pipeline | None = None, **changes: Any) -> None:
+        """Record the run with ``changes`` (and ``step`` in its history), now or queued on ``pipe``."""
         if step is not None:
             changes["history"] = self.run.with_step(step)
         self.run = outcome.save_run(
-            self.redis, self.event_id, self.run, self.settings.outcome_ttl_s, **changes
+            pipe if pipe is not None else self.redis,
+            self.event_id,
+            self.run,
+            self.settings.outcome_ttl_s,
+            **changes,
         )
 
     def _schedule(self, delay_s: float | None) -> None:
@@ -205,7 +211,8 @@ class _Delivery:
             extra={"outcome": RunStatus.FAILED.value, "attempt": self.run.attempts, "retry_in_s": 0},
         )
 
-    def succeeded(self, result: RunResult) -> None:
+    def succeeded(self, result: RunResult, pipe: Pipeline) -> None:
+        """Queue the run's success on ``pipe``."""
         self.metrics.runs.labels(self.run.route, "succeeded").inc()
         if self.job is not None and self.job.created_at is not None:  # the ingress made the job
             self.metrics.end_to_end.labels(self.run.route).observe(
@@ -216,6 +223,7 @@ class _Delivery:
         )
         self.save(
             step,
+            pipe,
             status=RunStatus.SUCCEEDED,
             phlo_run_id=result.phlo_run_id,
             message=result.message,
@@ -243,8 +251,17 @@ def deliver(
     settings = context.settings
     job = get_current_job()
     job_id = job.id if job is not None else job_id_for(event_id, route)
-    run = outcome.read_run(context.redis, event_id, job_id) or RunOutcome(
-        job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
+    breaker = context.breaker(account)
+    # One round trip for the run's record and the breaker's answer; the breaker's probe, if it was taken
+    # for a run that then does not go, comes back when its token expires.
+    with context.redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.event_key(event_id), keys.run_field(job_id))
+        breaker.queue_allow(pipe)
+        raw_run, allow_reply = pipe.execute()
+    run = (
+        RunOutcome.model_validate_json(raw_run)
+        if raw_run
+        else RunOutcome(job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED)
     )
     if run.status is RunStatus.SUCCEEDED:
         # RQ runs a job again when its worker died after the success was recorded but before RQ marked
@@ -259,7 +276,7 @@ def deliver(
         delivery.give_up(f"no credentials for Plivo account {account!r}", "credentials")
         raise SettingsError(f"no credentials for Plivo account {account!r}")
     try:
-        probe = _admit(context, account, credentials)
+        probe = _admit(context, account, credentials, breaker.allowed(allow_reply))
     except DeliveryPaused as pause:
         delivery.pause(pause)
         raise
@@ -278,11 +295,13 @@ def deliver(
         delivery.interrupted(f"interrupted mid-run ({type(exc).__name__})")
         raise
     context.metrics.runner_latency.labels(account, "2xx").observe(time.perf_counter() - started)
-    context.breaker(account).record_success()
     if probe:
         context.metrics.breaker_transitions.labels(account, "closed").inc()
     try:
-        delivery.succeeded(result)
+        with context.redis.pipeline(transaction=True) as pipe:  # the breaker's news and the run's, at once
+            breaker.record_success(pipe)
+            delivery.succeeded(result, pipe)
+            pipe.execute()
     except RedisError:
         # The PHLO has run: raising would make RQ retry it and run it twice. RQ keeps the job's result.
         log.exception(

@@ -112,13 +112,21 @@ def read_run(redis: Redis, event_id: str, job_id: str) -> RunOutcome | None:
     return RunOutcome.model_validate_json(raw) if raw else None
 
 
-def save_run(redis: Redis, event_id: str, run: RunOutcome, ttl_s: int, **changes: Any) -> RunOutcome:
-    """Store a run's outcome with ``changes`` applied, and keep the event for ``ttl_s`` from now."""
+def save_run(
+    redis: Redis | Pipeline, event_id: str, run: RunOutcome, ttl_s: int, **changes: Any
+) -> RunOutcome:
+    """Store a run's outcome with ``changes`` applied, and keep the event for ``ttl_s`` from now.
+
+    Given a pipeline, the writes are queued on it, for its caller to execute with others.
+    """
     updated = run.model_copy(update={**changes, "updated_at": time.time()})
     key = keys.event_key(event_id)
+    if isinstance(redis, Pipeline):
+        redis.hset(key, keys.run_field(run.job_id), updated.model_dump_json())
+        redis.expire(key, ttl_s)
+        return updated
     with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(key, keys.run_field(run.job_id), updated.model_dump_json())
-        pipe.expire(key, ttl_s)
+        save_run(pipe, event_id, run, ttl_s, **changes)
         pipe.execute()
     return updated
 

@@ -28,6 +28,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from relay.breaker import CircuitBreaker
+from relay.errors import RelayError
 from relay.logs import bind
 from relay.metrics import RelayMetrics
 from relay.queue_state import scrape_registry
@@ -46,6 +47,7 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
 end
 return 0
 """
+_RELAY_ERRORS = f"{RelayError.__module__}."  # how a traceback's last line names the relay's exceptions
 # A run whose worker dies is found once its RQ execution entry expires: the job timeout plus this.
 ABANDONED_GRACE_S = 5
 
@@ -179,6 +181,21 @@ class RelayWorker(SimpleWorker):
         with self.connection.pipeline(transaction=False) as own:
             super().heartbeat(timeout, pipeline=own)
             own.execute()
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        # A relay error is an outcome with a reason of its own (the runner's answer, the attempts spent):
+        # rq-dashboard and relay dlq show that line, not a traceback with this machine's paths in it.
+        last_line = exc_string.rstrip().rpartition("\n")[2]
+        if last_line.startswith(_RELAY_ERRORS):
+            exc_string = last_line.removeprefix(_RELAY_ERRORS)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout is None or job.timeout < 0:
