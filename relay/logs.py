@@ -12,11 +12,11 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import re
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -79,7 +79,7 @@ def request_id_from(header: str | None) -> str:
     """A request's id: the ``X-Request-Id`` it came with when that is a sane short token, else a new one."""
     if header is not None and _REQUEST_ID.match(header):
         return header
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, at a quarter of the cost
 
 
 def register_secrets(values: Iterable[str | SecretStr | None]) -> None:
