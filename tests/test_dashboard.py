@@ -10,8 +10,10 @@ Screenshots go to the test's tmp dir, and also to ``RELAY_SCREENSHOT_DIR`` when 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,13 +64,18 @@ class Processes:
         self.started: list[tuple[subprocess.Popen[bytes], bool]] = []
 
     def start(self, args: list[str], env: dict[str, str], *, kill: bool = False) -> None:
-        popen = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: a killed worker's RQ scheduler (its fork) is killed with it, instead of
+        # living on and writing its lock into the next tests' Redis.
+        popen = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self.started.append((popen, kill))
 
     def stop(self) -> None:
         for popen, kill in reversed(self.started):
             if kill:
-                popen.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(popen.pid, signal.SIGKILL)
             else:
                 popen.terminate()
             popen.wait(timeout=30)

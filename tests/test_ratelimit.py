@@ -205,7 +205,9 @@ def test_old_entries_are_dropped_and_idle_keys_expire(redis: Redis) -> None:
     key = keys.rate_key("acct")
     last = max(micros(r) for r in reservations if r is not None)
     before = _redis_us(redis)
-    assert 0 < redis.pttl(key) <= (last - before + SPAN_US) / 1000 + 2  # the last slot's span, and no more
+    # The last slot's span and no more (a few ms of slack: Redis rounds the expiry to whole milliseconds,
+    # and on a loaded machine the clock read and the PTTL are not the same instant).
+    assert 0 < redis.pttl(key) <= (last - before + SPAN_US) / 1000 + 5
 
     # Once a span has passed the first slots, a new reservation prunes them.
     first_us = min(micros(r) for r in reservations if r is not None)
