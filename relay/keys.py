@@ -44,3 +44,9 @@ def breaker_key(account: str) -> str:
 def breaker_failures_key(account: str) -> str:
     """Sorted set of one account's recent runner failures (score: time µs), while its breaker is closed."""
     return f"{PREFIX}:breaker:{account}:failures"
+
+
+def stranded_key(queue_name: str) -> str:
+    """Hash of the jobs seen in RQ's intermediate list of a queue, not started (value: when first seen, epoch
+    seconds on Redis's clock), so that workers put back the ones a dead worker took."""
+    return f"{PREFIX}:stranded:{queue_name}"

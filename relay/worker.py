@@ -12,7 +12,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
@@ -27,6 +26,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from relay import keys
 from relay.breaker import CircuitBreaker
 from relay.errors import RelayError
 from relay.logs import bind
@@ -39,13 +39,35 @@ from relay.settings import PlivoAccount, Settings, load_settings
 from relay.supervisor import Child, supervise
 
 log = logging.getLogger(__name__)
-# KEYS: the intermediate list, the queue. Only the worker whose LREM finds the job puts it back.
+# KEYS: RQ's intermediate list, the queue, the relay's marks (job id: when first seen there). ARGV: seconds.
+# One script, so that workers sweeping at once agree: a job goes back only once it has stayed in the list
+# through every sweep for ARGV[1] seconds, and a sweep that finds it gone forgets it. (The relay's workers
+# take from one queue, so RQ drops a job from the list in the step that starts it.)
 _REQUEUE_STRANDED = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-    redis.call('LPUSH', KEYS[2], ARGV[1])
-    return 1
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local here, requeued = {}, {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do here[id] = true end
+local marks = redis.call('HGETALL', KEYS[3])
+for i = 1, #marks, 2 do
+    local id = marks[i]
+    if not here[id] then
+        redis.call('HDEL', KEYS[3], id)
+    elseif now - tonumber(marks[i + 1]) > tonumber(ARGV[1]) then
+        redis.call('LREM', KEYS[1], 1, id)
+        redis.call('LPUSH', KEYS[2], id)
+        redis.call('HDEL', KEYS[3], id)
+        table.insert(requeued, id)
+    end
+    here[id] = nil
 end
-return 0
+for id in pairs(here) do
+    redis.call('HSET', KEYS[3], id, tostring(now))
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('EXPIRE', KEYS[3], 86400)
+end
+return requeued
 """
 _RELAY_ERRORS = f"{RelayError.__module__}."  # how a traceback's last line names the relay's exceptions
 # A run whose worker dies is found once its RQ execution entry expires: the job timeout plus this.
@@ -152,8 +174,6 @@ class RelayWorker(SimpleWorker):
         kwargs.setdefault("maintenance_interval", current_context().settings.maintenance_interval_s)
         super().__init__(*args, **kwargs)
         self.stop_requested = False
-        self._stranded: dict[str, float] = {}  # job id: when first seen taken but not started (monotonic)
-        self._requeue_script = self.connection.register_script(_REQUEUE_STRANDED)
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True  # a warm shutdown: work() returns, and must not be started again
@@ -204,27 +224,21 @@ class RelayWorker(SimpleWorker):
 
     def clean_registries(self) -> None:
         super().clean_registries()  # type: ignore[no-untyped-call]
+        after_s = current_context().settings.job_timeout_s + ABANDONED_GRACE_S
         for queue in self.queues:
-            self._requeue_stranded(queue)
+            for job_id in requeue_stranded(self.connection, queue, after_s):
+                log.warning("job %s was taken by a worker that never started it; queued again", job_id)
 
-    def _requeue_stranded(self, queue: Queue) -> None:
-        """Put back at the queue's front the jobs a worker took but never started.
 
-        RQ moves a job to an intermediate list as it takes it, and to its started registry as it starts
-        it. A worker that dies (or loses Redis) in between strands it there; RQ looks again only after a
-        minute, and then fails a job without retries left, its run never recorded. Here a job that stays
-        in the list, unstarted, through this worker's checks for the job timeout + 5 s goes back.
-        """
-        threshold_s = current_context().settings.job_timeout_s + ABANDONED_GRACE_S
-        now = time.monotonic()
-        started = set(queue.started_job_registry.get_job_ids(cleanup=False))
-        present = {job_id for job_id in queue.intermediate_queue.get_job_ids() if job_id not in started}
-        self._stranded = {job_id: self._stranded.get(job_id, now) for job_id in present}
-        for job_id, seen_at in list(self._stranded.items()):
-            if now - seen_at > threshold_s:
-                del self._stranded[job_id]
-                if self._requeue_script(keys=[queue.intermediate_queue.key, queue.key], args=[job_id]):
-                    log.warning("job %s was taken by a worker that never started it; queued again", job_id)
+def requeue_stranded(redis: Redis, queue: Queue, after_s: float) -> list[str]:
+    """Put back at the queue's front the jobs that stayed ``after_s`` in RQ's intermediate list, unstarted.
+
+    RQ moves a job to that list as a worker takes it, and out of it as the worker starts it. A worker that
+    dies (or loses Redis) in between strands it there; RQ looks again only after a minute, and then fails
+    a job without retries left while its run still reads queued. Every worker calls this as it cleans.
+    """
+    keys_ = [queue.intermediate_queue.key, queue.key, keys.stranded_key(queue.name)]
+    return [job_id.decode() for job_id in redis.eval(_REQUEUE_STRANDED, 3, *keys_, after_s)]
 
 
 def work(settings: Settings, *, burst: bool = False) -> None:

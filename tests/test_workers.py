@@ -26,6 +26,7 @@ from relay.ingress import create_app
 from relay.jobs import relay_queue
 from relay.redis_server import EmbeddedRedis, free_port
 from relay.settings import DEFAULT_ACCOUNT, Settings
+from relay.worker import requeue_stranded
 from tests.conftest import Sandbox, clean_environment, drain_queue, poll
 from tests.test_delivery import FORM
 
@@ -241,6 +242,24 @@ async def test_a_run_taken_by_a_worker_that_died_before_starting_it_is_delivered
     # Found within the job timeout + 5 s and two maintenance intervals; RQ alone waits over a minute.
     assert time.monotonic() - taken_at < 30
     assert len(sandbox.runs()) == 1
+
+
+async def test_workers_sweeping_at_once_put_a_stranded_run_back_once(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, redis: Redis
+) -> None:
+    # Regression: each worker kept its own memory of stranded jobs; two put the same job back, and the
+    # second took it away from the worker that had just taken it again, which then ran it twice.
+    await post_events(aiohttp_client, settings, config, 1)
+    queue = relay_queue(redis, settings)
+    taken = queue.intermediate_queue.key
+    job_id = redis.lmove(queue.key, taken)  # taken by a worker that died
+    assert isinstance(job_id, bytes)
+    assert requeue_stranded(redis, queue, after_s=0) == []  # worker A's sweep notes it
+    assert requeue_stranded(redis, queue, after_s=0) == [job_id.decode()]  # worker B's puts it back
+    assert redis.lmove(queue.key, taken) == job_id  # a live worker takes it at once
+    assert requeue_stranded(redis, queue, after_s=0) == []  # worker A's next sweep leaves it
+    assert redis.lrange(taken, 0, -1) == [job_id]
+    assert redis.llen(queue.key) == 0
 
 
 async def test_a_worker_killed_while_holding_rqs_maintenance_lock_does_not_hold_up_crash_recovery(

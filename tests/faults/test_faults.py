@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from relay.outcome import RunStatus
-from tests.conftest import poll
 from tests.faults.accounting import Report, account
 from tests.faults.harness import Cluster
 from tests.faults.stream import Stream, wait_for
@@ -57,15 +56,20 @@ def killed_mid_run(report: Report) -> int:
     )
 
 
-def in_flight(cluster: Cluster) -> bool | None:
-    """True once the sandbox holds a request it has not answered yet."""
-    return True if any(run["status"] is None for run in cluster.sandbox.runs()) else None
+async def until_in_flight(cluster: Cluster, timeout_s: float = 10.0) -> None:
+    """Return once the sandbox holds a request it has not answered yet (or after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = await asyncio.to_thread(cluster.sandbox.runs)
+        if any(run["status"] is None for run in runs):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def test_workers_killed_with_sigkill_again_and_again(tmp_path: Path) -> None:
     scale = size(Size(800, 100), Size(4000, 100))
     with Cluster(tmp_path, workers=3) as cluster:
-        cluster.sandbox.fault(None, None, latency_ms=30)  # every run spends a while in flight
+        cluster.sandbox.fault(None, None, latency_ms=50)  # every run spends a while in flight
         stream = stream_to(cluster, "kill", scale)
         flowing = asyncio.create_task(stream.run())
         kills = 0
@@ -74,7 +78,7 @@ async def test_workers_killed_with_sigkill_again_and_again(tmp_path: Path) -> No
             if flowing.done():
                 break
             if round_number % 3 == 0:  # a host lost: every worker, while a request is out
-                await asyncio.to_thread(poll, lambda: in_flight(cluster))
+                await until_in_flight(cluster)
                 victims = list(cluster.workers)
             else:  # the oldest worker has been taking runs for a while
                 victims = cluster.workers[:1]
