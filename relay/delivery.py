@@ -25,6 +25,7 @@ from rq.job import Job
 from relay import keys, outcome
 from relay.breaker import BreakerState
 from relay.errors import (
+    DeadLetterError,
     DeliveryPaused,
     MappingError,
     RunnerError,
@@ -268,6 +269,11 @@ def deliver(
         # the job finished: sending it would run the PHLO twice.
         log.warning("run %s already succeeded (PHLO run %s); not sent again", job_id, run.phlo_run_id)
         return {"phlo_run_id": run.phlo_run_id, "message": run.message, "status": run.http_status}
+    if run.status is RunStatus.DEAD_LETTERED:
+        # The same for a run that was given up: it stays a dead letter (a replay queues it as queued).
+        if job is not None:
+            job.retries_left = 0
+        raise DeadLetterError(f"run {job_id} was dead-lettered already: {run.last_error}")
     delivery = _Delivery(
         context.redis, settings, context.metrics, event_id, job, _job_policy(policy, settings), run
     )

@@ -227,6 +227,28 @@ async def test_a_run_that_succeeded_is_not_sent_again_when_rq_runs_its_job_again
     assert job.get_status() == JobStatus.FINISHED
 
 
+async def test_a_dead_lettered_run_is_not_sent_again_when_rq_runs_its_job_again(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    # The same crash, after a run was given up: it stays a dead letter, and the runner is not asked again.
+    client = await aiohttp_client(create_app(settings, config))
+    response = await client.post("/hooks/misrouted", json={"id": f"m-{uuid.uuid4().hex}"})
+    event_ids = [(await response.json())["event_id"]]
+    drain_queue(settings)
+    [before] = await runs_of(client, event_ids)
+    assert before["status"] == "dead_lettered" and len(sandbox.runs()) == 1  # the runner's 404
+    job = Job.fetch(before["job_id"], connection=redis, serializer=JSONSerializer)
+    with redis.pipeline() as pipe:
+        job.set_status(JobStatus.STARTED, pipeline=pipe)
+        Execution.create(job, ttl=0, pipeline=pipe)
+        pipe.execute()
+    drain_queue(settings)
+    [after] = await runs_of(client, event_ids)
+    assert len(sandbox.runs()) == 1
+    assert (after["status"], after["attempts"]) == ("dead_lettered", 1)
+    assert job.get_status() == JobStatus.FAILED
+
+
 async def test_a_run_taken_by_a_worker_that_died_before_starting_it_is_delivered_within_seconds(
     aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
 ) -> None:
