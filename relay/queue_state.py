@@ -6,8 +6,12 @@ rq-exporter would read them, but it does not support RQ 3; the few reads are wri
 
 from __future__ import annotations
 
+import json
+import logging
+import struct
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
@@ -34,6 +38,8 @@ from relay.metrics import (
 from relay.settings import Settings
 
 BREAKER_STATES = ("closed", "half_open", "open")
+SCRAPE_ATTEMPTS = 3
+log = logging.getLogger(__name__)
 
 
 def scrape_registry(
@@ -46,9 +52,28 @@ def scrape_registry(
         registry = metrics.registry if metrics is not None else CollectorRegistry()
     else:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+        registry.register(_SteadyMultiProcessCollector(None, path=str(directory)))  # type: ignore[no-untyped-call]
     registry.register(QueueStateCollector(redis, settings))
     return registry
+
+
+class _SteadyMultiProcessCollector(MultiProcessCollector):
+    """prometheus_client's reader of the processes' files, tried again when a file is caught half made.
+
+    A process that starts (a worker the supervisor restarts) creates its file while a scrape may be
+    reading the directory; the scrape then fails with a 500 (the metrics test saw one in CI).
+    """
+
+    def collect(self) -> Iterator[Any]:
+        for attempt in range(SCRAPE_ATTEMPTS):
+            try:
+                return iter(list(super().collect()))  # type: ignore[no-untyped-call]
+            except (OSError, ValueError, struct.error, json.JSONDecodeError):
+                if attempt == SCRAPE_ATTEMPTS - 1:
+                    raise
+                log.warning("a metrics file was being written; reading the directory again")
+                time.sleep(0.01)
+        raise AssertionError("unreachable")
 
 
 class QueueStateCollector(Collector):
