@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -153,10 +154,6 @@ class _Request:
     planned: list[StoredEvent]
     encoded: list[bytes]  # per event, its entry of the batch, in MessagePack
     answer: asyncio.Future[list[StoredEvent]]
-    events: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.events = len(self.planned)
 
 
 class EventStore:
@@ -170,7 +167,7 @@ class EventStore:
         self._queue = relay_queue(recorder, settings)
         self._settings = settings
         self._script = redis.register_script(_STORE_SCRIPT)
-        self._waiting: list[_Request] = []
+        self._waiting: deque[_Request] = deque()
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
@@ -179,7 +176,8 @@ class EventStore:
     ) -> list[StoredEvent]:
         """Store one request's events; answer once they are in Redis (duplicates: the first event's id).
 
-        Raises RedisUnavailable when Redis did not take the batch: nothing of the request was stored.
+        Raises RedisUnavailable when Redis did not answer for the batch: nothing of the request was stored,
+        unless the connection broke after Redis ran the script (a retry of the sender is then a duplicate).
         """
         now = time.time()
         stamp = _rq_time(now)
@@ -209,10 +207,12 @@ class EventStore:
             while self._waiting:
                 batch: list[_Request] = []
                 count = 0
-                while self._waiting and (not batch or count + self._waiting[0].events <= MAX_BATCH_EVENTS):
-                    request = self._waiting.pop(0)
+                while self._waiting and (
+                    not batch or count + len(self._waiting[0].planned) <= MAX_BATCH_EVENTS
+                ):
+                    request = self._waiting.popleft()
                     batch.append(request)
-                    count += request.events
+                    count += len(request.planned)
                 await self._write(batch)
 
     async def _write(self, batch: list[_Request]) -> None:
