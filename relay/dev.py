@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -40,35 +41,21 @@ def sample_curls(config: RelayConfig, config_path: Path, base_url: str) -> list[
     return curls
 
 
-def wait_for_worker(settings: Settings, pid: int) -> None:
+async def wait_for_worker(settings: Settings, pid: int) -> None:
     """Return once the worker process is registered with RQ (listening on the queue)."""
     redis = connect(settings)
     queue = relay_queue(redis, settings)
     deadline = time.monotonic() + WORKER_START_TIMEOUT_S
     try:
-        while not any(worker.pid == pid for worker in Worker.all(queue=queue)):
+        while not await asyncio.to_thread(lambda: any(w.pid == pid for w in Worker.all(queue=queue))):
             if time.monotonic() > deadline:
                 raise RelayError(f"the worker did not start within {WORKER_START_TIMEOUT_S:.0f} s")
-            time.sleep(0.05)  # polling RQ's worker registry with a deadline
+            await asyncio.sleep(0.05)  # polling RQ's worker registry with a deadline; a stop cancels it
     finally:
         redis.close()
 
 
-async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | None) -> None:
-    runners = []
-    if sandbox_port is not None:
-        sandbox = SandboxConfig(credentials={SANDBOX_AUTH_ID: SANDBOX_AUTH_TOKEN}, phlo_ids=config.phlo_ids())
-        runners.append((await start_site(create_sandbox_app(sandbox), "127.0.0.1", sandbox_port))[0])
-    runners.append((await start_site(create_app(settings, config), settings.host, settings.port))[0])
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "worker",
-        env={**os.environ, **settings.as_environment()},
-        start_new_session=True,  # stopped by us, in order, not by the terminal's Ctrl-C
-    )
-    await asyncio.to_thread(wait_for_worker, settings, worker.pid)
+def _banner(settings: Settings, config: RelayConfig, with_sandbox: bool) -> str:
     base_url = f"http://{settings.host}:{settings.port}"
     lines = [
         "",
@@ -77,32 +64,63 @@ async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | No
         *(f"  {curl}" for curl in sample_curls(config, settings.config_path, base_url)),
         f"Then see its outcome: curl -sS {base_url}/events/<event_id>",
     ]
-    if sandbox_port is not None:
+    if with_sandbox:
         lines.append(f"Runs the sandbox received: curl -sS {settings.runner_url}/_sandbox/runs")
     lines.append("Ctrl-C stops everything.")
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)
 
+
+async def _first(*awaitables: Awaitable[object]) -> None:
+    """Wait until the first of ``awaitables`` ends (raising its error), cancelling the others."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | None) -> None:
+    # Ctrl-C and SIGTERM stop everything in order from the first moment, start-up included.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    worker_exit = asyncio.ensure_future(worker.wait())
-    stop_wait = asyncio.ensure_future(stop.wait())
+    runners = []
+    worker: asyncio.subprocess.Process | None = None
     try:
-        await asyncio.wait([worker_exit, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        if sandbox_port is not None:
+            sandbox = SandboxConfig(
+                credentials={SANDBOX_AUTH_ID: SANDBOX_AUTH_TOKEN}, phlo_ids=config.phlo_ids()
+            )
+            runners.append((await start_site(create_sandbox_app(sandbox), "127.0.0.1", sandbox_port))[0])
+        runners.append((await start_site(create_app(settings, config), settings.host, settings.port))[0])
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "worker",
+            env={**os.environ, **settings.as_environment()},
+            start_new_session=True,  # stopped by us, in order, not by the terminal's Ctrl-C
+        )
+        await _first(wait_for_worker(settings, worker.pid), worker.wait(), stop.wait())
+        if not stop.is_set() and worker.returncode is None:
+            print(_banner(settings, config, with_sandbox=sandbox_port is not None), flush=True)
+            await _first(worker.wait(), stop.wait())
+        if not stop.is_set():
+            raise RelayError(f"the worker exited unexpectedly with code {worker.returncode}")
     finally:
-        stop_wait.cancel()
-        if worker.returncode is None:
+        if worker is not None and worker.returncode is None:
             worker.terminate()  # RQ's warm shutdown: the current run finishes first
             try:
-                await asyncio.wait_for(worker_exit, WORKER_STOP_TIMEOUT_S)
+                await asyncio.wait_for(worker.wait(), WORKER_STOP_TIMEOUT_S)
             except TimeoutError:
                 worker.kill()
-                await worker_exit
+                await worker.wait()
         for runner in reversed(runners):
             await runner.cleanup()
-    if not stop.is_set():
-        raise RelayError(f"the worker exited unexpectedly with code {worker.returncode}")
 
 
 def run_dev(settings: Settings, data_dir: Path, sandbox_port: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import shlex
 import signal
@@ -36,7 +37,8 @@ class Lines:
     def __init__(self, stream: Any) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+        self.reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.reader.start()
 
     def _read(self, stream: Any) -> None:
         for line in stream:
@@ -52,6 +54,13 @@ class Lines:
             self.seen.append(line)
             if text in line:
                 return line
+
+    def rest(self, timeout_s: float = 10.0) -> list[str]:
+        """Every line, once the process has closed its output."""
+        self.reader.join(timeout_s)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.seen
 
 
 def send_curl(line: str) -> httpx.Response:
@@ -140,6 +149,72 @@ def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
         httpx.get(f"http://127.0.0.1:{port}/events/{event_id}")
     with pytest.raises(RedisConnectionError):  # the embedded Redis is stopped too
         Redis.from_url(redis_url, socket_connect_timeout=1, retry=None).ping()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every living process descended from ``pid`` (other sessions included), with its start time."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone while we looked
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            started[int(entry.name)] = fields[19]
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found[child] = started[child]
+        todo.extend(children.get(child, []))
+    return found
+
+
+def alive(processes: dict[int, str]) -> list[int]:
+    """The processes of ``processes`` still running (the same pid with the same start time, not a zombie)."""
+    left = []
+    for pid, start in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] != "Z":
+            left.append(pid)
+    return left
+
+
+def test_ctrl_c_in_the_terminal_running_tasks_py_run_stops_everything_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    port, sandbox_port = free_port(), free_port()
+    command = ["tasks.py", "run", "--data-dir", str(tmp_path), "--sandbox-port", str(sandbox_port)]
+    process = subprocess.Popen(
+        [sys.executable, *command],
+        cwd=ROOT,
+        env=clean_environment(RELAY_PORT=str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job has
+    )
+    output = Lines(process.stdout)
+    try:
+        output.wait_for("Ctrl-C stops everything", timeout_s=120)  # a first install may run first
+        tree = descendants(process.pid)
+        assert len(tree) >= 3, tree  # relay dev, its worker and the embedded Redis at least
+        os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        code = process.wait(timeout=Settings().shutdown_grace_s)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    lines = output.rest()
+    assert code == 0, lines
+    assert "phlo-relay dev stopped." in lines
+    assert not [line for line in lines if "Traceback" in line], lines
+    assert alive(tree) == []
 
 
 def test_serve_and_worker_processes_deliver_and_events_show_reads_the_outcome(
