@@ -26,8 +26,8 @@ from bench.harness import BenchError, BenchTimeout, Figures, MemorySampler, desc
 from bench.signing import ROUTE, signed_requests, write_wrk_data
 from bench.stack import LIFTED_RATE_LIMIT, Settings, Stack
 from relay import keys
-from relay.jobs import job_id_for
-from relay.outcome import RunStatus
+from relay.queue.jobs import job_id_for
+from relay.queue.records import RunStatus
 
 MIB = 1024
 BATCH = 500

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.report import Line, render_markdown
 from bench.wrk import wrk_version
-from relay.redis_server import find_redis_server
+from relay.dev.redis_server import find_redis_server
 
 PACKAGES = ("phlo-relay", "aiohttp", "redis", "hiredis", "rq", "httpx", "orjson")
 

@@ -28,7 +28,7 @@ from bench.harness import Figures, MemorySampler, Service, descendants
 from bench.load import check_verification
 from bench.signing import HOOK_PATH, signed_requests, write_wrk_data
 from bench.stack import Stack, supports_option
-from relay.redis_server import free_port
+from relay.dev.redis_server import free_port
 
 SERVERS = ("bare", "naive", "relay", "relay2")
 LABELS = {

@@ -28,8 +28,8 @@ from rq.serializers import JSONSerializer
 
 from bench.harness import BenchError, Service, descendants, poll_until, wait_http
 from bench.signing import CONFIG, HOOK_PATH, PHLO_ID, SECRET_VARIABLE
-from relay.redis_server import EmbeddedRedis, free_port
-from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
+from relay.dev.redis_server import EmbeddedRedis, free_port
+from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
 
 REPO = Path(__file__).resolve().parents[1]
 RELAY = [sys.executable, "-m", "relay"]

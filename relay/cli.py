@@ -15,9 +15,15 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from relay import __version__, metrics, outcome
-from relay.config import load_config
-from relay.deadletters import (
+from relay import __version__
+from relay.errors import ConfigError, DeadLetterError, RelayError, SettingsError
+from relay.infra import metrics
+from relay.infra.logs import configure_logging
+from relay.infra.redis_client import connect, require_redis
+from relay.infra.supervisor import Child, supervise
+from relay.ingress.verify import build_verifiers
+from relay.mapping.config import load_config
+from relay.outcome.deadletters import (
     DeadLetterFilter,
     Target,
     list_dead_letters,
@@ -25,19 +31,15 @@ from relay.deadletters import (
     purge,
     show_dead_letter,
 )
-from relay.errors import ConfigError, DeadLetterError, RelayError, SettingsError
-from relay.logs import configure_logging
-from relay.redis_client import connect, require_redis
-from relay.replay import replay_many
+from relay.outcome.replay import replay_many
+from relay.queue import records as outcome
 from relay.settings import Settings, load_settings, secret_environment
-from relay.supervisor import Child, supervise
-from relay.verify import build_verifiers
 
 log = logging.getLogger(__name__)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from relay.serve import serve_ingress
+    from relay.ingress.serve import serve_ingress
 
     config = load_config(settings.config_path, settings.account_names())
     host, port = args.host or settings.host, settings.port if args.port is None else args.port
@@ -57,7 +59,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from relay.worker import run_workers
+    from relay.worker.loop import run_workers
 
     config = load_config(settings.config_path, settings.account_names())  # refuse to start on a broken config
     without_credentials = [route.name for route in config.routes if settings.account(route.account) is None]
@@ -78,7 +80,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _sandbox(settings: Settings, args: argparse.Namespace) -> int:
-    from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, serve_sandbox
+    from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, serve_sandbox
 
     auth_id = settings.plivo_auth_id or SANDBOX_AUTH_ID
     token = settings.plivo_auth_token.get_secret_value() if settings.plivo_auth_token else SANDBOX_AUTH_TOKEN
@@ -90,7 +92,7 @@ def _sandbox(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
-    from relay.dev import run_dev
+    from relay.dev.stack import run_dev
 
     # The ingress runs here and the worker in a child: one metrics directory shows both on /metrics.
     metrics.prepare_directory(settings.metrics_dir, processes=2)

@@ -29,10 +29,10 @@ from hypothesis import settings as hypothesis_settings
 from pytest_aiohttp import AiohttpClient
 from redis import Redis
 
-from relay.config import RelayConfig, parse_config
-from relay.logs import AccessLogger
-from relay.redis_server import EmbeddedRedis
-from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
+from relay.dev.redis_server import EmbeddedRedis
+from relay.infra.logs import AccessLogger
+from relay.mapping.config import RelayConfig, parse_config
+from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
 from relay.settings import Settings, load_settings
 
 T = TypeVar("T")

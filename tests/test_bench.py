@@ -21,13 +21,13 @@ from bench.signing import (
     signed_requests,
     write_wrk_data,
 )
-from relay.config import parse_config
 from relay.errors import VerificationFailed
-from relay.events import split_events
-from relay.mapping import map_event
-from relay.parse import parse_body
-from relay.schemes import HookRequest
-from relay.verify import build_verifiers
+from relay.ingress.verify import build_verifiers
+from relay.mapping.config import parse_config
+from relay.mapping.parse import parse_body
+from relay.mapping.routes import map_event
+from relay.mapping.schemes import HookRequest
+from relay.mapping.split import split_events
 
 
 def test_percentile_is_the_nearest_rank() -> None:

@@ -9,7 +9,7 @@ import pytest
 from redis import Redis
 
 from relay import keys
-from relay.breaker import BreakerState, CircuitBreaker
+from relay.runner.breaker import BreakerState, CircuitBreaker
 from tests.conftest import poll
 
 

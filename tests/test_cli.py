@@ -21,9 +21,9 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from relay.config import load_config
-from relay.ingress import create_app
-from relay.redis_server import free_port
+from relay.dev.redis_server import free_port
+from relay.ingress.app import create_app
+from relay.mapping.config import load_config
 from relay.settings import Settings
 from tests.conftest import Sandbox, answers, clean_environment, drain_queue, poll, running_worker
 from tests.test_delivery import FORM

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import LiteralValue, PathValue, RelayConfig, load_config, parse_config
 from relay.errors import ConfigError, ConfigProblem
-from relay.mapping import locate, map_event
+from relay.mapping.config import LiteralValue, PathValue, RelayConfig, load_config, parse_config
+from relay.mapping.routes import locate, map_event
 
 FILE = "routes.yaml"
 CONFIG_DIR = Path(__file__).parents[1] / "config"

@@ -27,7 +27,7 @@ from redis import Redis
 from rq import Queue
 from rq.registry import BaseRegistry
 
-from relay.redis_server import free_port
+from relay.dev.redis_server import free_port
 from relay.settings import Settings
 from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, answers, clean_environment, poll
 from tests.deployment_files import dashboard_arguments

@@ -21,21 +21,21 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from relay import outcome
-from relay.config import RelayConfig, parse_config
-from relay.deadletters import (
+from relay.dev.redis_server import free_port
+from relay.errors import DeadLetterError
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig, parse_config
+from relay.outcome.deadletters import (
     DeadLetter,
     DeadLetterFilter,
     list_dead_letters,
     purge,
     show_dead_letter,
 )
-from relay.errors import DeadLetterError
-from relay.ingress import create_app
-from relay.jobs import relay_queue
-from relay.outcome import RunOutcome
-from relay.redis_server import free_port
-from relay.replay import ReplayResult, replay, replay_many
+from relay.outcome.replay import ReplayResult, replay, replay_many
+from relay.queue import records as outcome
+from relay.queue.jobs import relay_queue
+from relay.queue.records import RunOutcome
 from relay.settings import Settings
 from tests.conftest import (
     KNOWN_PHLO,
@@ -188,7 +188,7 @@ async def test_show_gives_the_payload_the_run_history_and_the_event(
 ) -> None:
     refused = show_dead_letter(redis, settings, letters.misrouted)
     assert refused["job_id"] == letters.misrouted and refused["attempts"] == 1
-    assert refused["job"]["function"] == "relay.delivery.deliver"
+    assert refused["job"]["function"] == "relay.worker.job.deliver"
     assert refused["job"]["kwargs"]["payload"] == {"to": "+14155550100"}
     assert refused["job"]["kwargs"]["phlo_id"] == UNKNOWN_PHLO
     assert refused["run"]["status"] == "dead_lettered"
@@ -199,7 +199,7 @@ async def test_show_gives_the_payload_the_run_history_and_the_event(
     assert refused["event"]["source_event_id"] == "m-1"
 
     unmapped = show_dead_letter(redis, settings, letters.unmappable)
-    assert unmapped["job"]["function"] == "relay.delivery.unmappable"
+    assert unmapped["job"]["function"] == "relay.worker.job.unmappable"
     assert "required payload key 'to'" in unmapped["job"]["kwargs"]["reason"]
     assert unmapped["event"]["source"] == "website-form"
 
@@ -244,7 +244,7 @@ async def test_replay_of_an_unmappable_route_after_a_fix_delivers_it(
     assert (done.job_id, done.status.value, done.attempts) == (letters.unmappable, "succeeded", 1)
     assert history(done) == [("queued", "replayed"), ("succeeded", None)]
     assert Job.fetch(letters.unmappable, connection=redis, serializer=JSONSerializer).func_name == (
-        "relay.delivery.deliver"
+        "relay.worker.job.deliver"
     )
 
 

@@ -12,9 +12,9 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from relay.config import RelayConfig
-from relay.ingress import create_app
-from relay.sandbox import SANDBOX_AUTH_TOKEN
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig
+from relay.runner.sandbox import SANDBOX_AUTH_TOKEN
 from relay.settings import Settings
 from tests.conftest import ALERT_PHLO, KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, assert_sdk_request, drain_queue
 
@@ -244,7 +244,7 @@ async def test_jobs_are_json_with_readable_descriptions_and_no_secret_is_stored(
     client = await aiohttp_client(create_app(settings, config))
     _, body = await post(client, "website-form", {**FORM, "company_size": "500+"})
     job = Job.fetch(body["jobs"][0]["job_id"], connection=redis, serializer=JSONSerializer)
-    assert job.func_name == "relay.delivery.deliver"
+    assert job.func_name == "relay.worker.job.deliver"
     assert job.description is not None
     assert (
         "website-form" in job.description and "callback" in job.description and KNOWN_PHLO in job.description

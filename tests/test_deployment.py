@@ -22,7 +22,7 @@ from dotenv import dotenv_values
 from pydantic import AliasChoices
 
 from relay.cli import build_parser
-from relay.metrics import METRIC_NAMES
+from relay.infra.metrics import METRIC_NAMES
 from relay.settings import ENV_PREFIX, Settings, env_name, load_settings
 from tests.deployment_files import COMPOSE_FILE, ROOT, compose, dashboard_arguments, dockerfile_stages
 

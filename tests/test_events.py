@@ -17,10 +17,10 @@ import httpx
 import pytest
 from redis import Redis
 
-from relay.config import RelayConfig, parse_config
-from relay.ingress import SALESFORCE_ACK, create_app
-from relay.jobs import relay_queue
-from relay.redis_server import free_port
+from relay.dev.redis_server import free_port
+from relay.ingress.app import SALESFORCE_ACK, create_app
+from relay.mapping.config import RelayConfig, parse_config
+from relay.queue.jobs import relay_queue
 from relay.settings import Settings
 from tests.conftest import (
     KNOWN_PHLO,
@@ -260,7 +260,7 @@ async def test_a_request_that_fails_verification_is_401_logged_and_stores_nothin
         "X-GitHub-Event": "issues",
         "Content-Type": "application/json",
     }
-    with caplog.at_level(logging.WARNING, logger="relay.ingress"):
+    with caplog.at_level(logging.WARNING, logger="relay.ingress.app"):
         response = await client.post("/hooks/github", data=body, headers=headers)
     assert response.status == 401
     reason = await response.json()

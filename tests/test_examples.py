@@ -28,10 +28,10 @@ from redis import Redis
 from rq import Queue
 from twilio.request_validator import RequestValidator
 
-from relay.config import load_config
-from relay.ingress import create_app
-from relay.redis_server import EmbeddedRedis
-from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
+from relay.dev.redis_server import EmbeddedRedis
+from relay.ingress.app import create_app
+from relay.mapping.config import load_config
+from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
 from relay.settings import Settings, load_settings
 from tests.conftest import (
     Sandbox,

@@ -27,13 +27,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.config import parse_config
+from relay.dev.redis_server import EmbeddedRedis, free_port
 from relay.errors import ConfigError, IngressRefused
-from relay.ingress import create_app
-from relay.mapping import locate, map_event
-from relay.parse import MAX_DEPTH, parse_body
-from relay.redis_server import EmbeddedRedis, free_port
-from relay.serving import AppThread
+from relay.infra.serving import AppThread
+from relay.ingress.app import create_app
+from relay.mapping.config import parse_config
+from relay.mapping.parse import MAX_DEPTH, parse_body
+from relay.mapping.routes import locate, map_event
 from relay.settings import Settings, load_settings
 from tests.conftest import KNOWN_PHLO, check_for_leaks, watch_secrets
 

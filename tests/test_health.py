@@ -20,9 +20,9 @@ import httpx
 import pytest
 from redis import Redis
 
-from relay.config import RelayConfig
-from relay.ingress import create_app
-from relay.redis_server import free_port
+from relay.dev.redis_server import free_port
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig
 from relay.settings import Settings
 from tests.conftest import answers, clean_environment, poll
 from tests.test_cli import Lines

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from relay.config import RelayConfig
-from relay.ingress import create_app
-from relay.redis_server import free_port
+from relay.dev.redis_server import free_port
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig
 from relay.settings import Settings
 from tests.conftest import send_raw
 from tests.test_delivery import FORM

@@ -14,11 +14,11 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
-from relay.enqueue import _rq_time
-from relay.jobs import queue_run, relay_queue, run_job_data, run_job_fields
-from relay.mapping import PlannedRun
-from relay.outcome import EventRecord, EventStatus
-from relay.retry import RetryOverride, RetryPolicy
+from relay.mapping.routes import PlannedRun
+from relay.queue.jobs import queue_run, relay_queue, run_job_data, run_job_fields
+from relay.queue.records import EventRecord, EventStatus
+from relay.queue.retry import RetryOverride, RetryPolicy
+from relay.queue.store import _rq_time
 from relay.settings import Settings
 from tests.conftest import KNOWN_PHLO
 
@@ -83,7 +83,7 @@ def test_rq_reads_the_ingress_job(redis: Redis, settings: Settings) -> None:
         pipe.execute()
     job = Job.fetch("evt_1-callback", connection=redis, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.QUEUED
-    assert job.func_name == "relay.delivery.deliver"
+    assert job.func_name == "relay.worker.job.deliver"
     assert job.kwargs["payload"] == {"to": "+14155550123"}
     assert job.kwargs["policy"] == policy.as_job_kwarg()
     assert job.timeout == settings.job_timeout_s

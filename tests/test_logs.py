@@ -31,9 +31,8 @@ from pydantic import SecretStr
 from redis import Redis
 from rq.logutils import setup_loghandlers
 
-from relay.config import load_config
-from relay.ingress import EXECUTOR, create_app, in_thread
-from relay.logs import (
+from relay.dev.redis_server import EmbeddedRedis, free_port
+from relay.infra.logs import (
     RelayTextFormatter,
     _Scrubber,
     bind,
@@ -43,8 +42,9 @@ from relay.logs import (
     register_secrets,
     settings_secrets,
 )
-from relay.redis_server import EmbeddedRedis, free_port
-from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
+from relay.ingress.app import EXECUTOR, create_app, in_thread
+from relay.mapping.config import load_config
+from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
 from relay.settings import PlivoAccount, Settings, load_settings
 from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, answers, clean_environment, poll
 
@@ -257,10 +257,10 @@ def test_rq_keeps_its_handlers_off_and_its_payload_arguments_out(tmp_path: Path)
         root.handlers[:], root.level = saved
     with captured(log_settings(), name="rq.worker") as (logger, stream):
         payload = {"kwargs": {"payload": {"name": "Ada"}}, "arguments": ["Ada"]}
-        logger.error("job failed", extra={**payload, "func": "relay.delivery.deliver"})
+        logger.error("job failed", extra={**payload, "func": "relay.worker.job.deliver"})
     [line] = lines_of(stream)
     assert "kwargs" not in line and "arguments" not in line
-    assert line["func"] == "relay.delivery.deliver"
+    assert line["func"] == "relay.worker.job.deliver"
 
 
 def test_relay_dev_reads_text_unless_the_format_is_set_explicitly() -> None:
@@ -435,6 +435,6 @@ def test_a_line_break_a_sender_put_in_a_text_line_cannot_forge_another_line() ->
     """Regression (found by the security suite's author): a refused path with %0A started a new text line."""
     formatter = RelayTextFormatter(_Scrubber(mask_pii=True))
     record = logging.LogRecord(
-        "relay.ingress", logging.WARNING, "x", 1, "refused /hooks/a\nFORGED", None, None
+        "relay.ingress.app", logging.WARNING, "x", 1, "refused /hooks/a\nFORGED", None, None
     )
     assert "\n" not in formatter.format(record)

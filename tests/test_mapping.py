@@ -1,4 +1,4 @@
-"""relay.mapping (events to PHLO runs) and relay.parse (request bodies to event documents)."""
+"""relay.mapping.routes (events to PHLO runs) and relay.mapping.parse (request bodies to event documents)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from relay.config import Locator, RelayConfig, parse_config
 from relay.errors import MalformedHeader
-from relay.mapping import PlannedRun, UnmappedRun, locate, map_event
+from relay.mapping.config import Locator, RelayConfig, parse_config
+from relay.mapping.routes import PlannedRun, UnmappedRun, locate, map_event
 
 FROM = "+14155550100"
 

@@ -16,7 +16,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
-from relay.redis_server import free_port
+from relay.dev.redis_server import free_port
 from relay.settings import Settings
 from tests.conftest import KNOWN_PHLO, Sandbox, answers, clean_environment, poll
 from tests.test_delivery import FORM

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from relay.origin import Network, client_ip, public_url
+from relay.ingress.origin import Network, client_ip, public_url
 
 LOCAL = [ip_network("127.0.0.0/8")]
 PROXIES = web.AppKey("proxies", list[Network])

@@ -1,4 +1,4 @@
-"""relay.parse: each sender's request body, as captured, to the exact document the mapping reads."""
+"""relay.mapping.parse: each sender's request body, as captured, to the exact document the mapping reads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import pytest
 
 from relay.errors import IngressRefused, MalformedBody, UnsupportedMediaType
-from relay.parse import MAX_DEPTH, parse_body
+from relay.mapping.parse import MAX_DEPTH, parse_body
 
 FORM = "application/x-www-form-urlencoded"
 

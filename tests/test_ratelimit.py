@@ -14,8 +14,8 @@ import pytest
 from redis import Redis
 
 from relay import keys
-from relay.ratelimit import AccountRateLimit, Reservation
-from relay.redis_server import EmbeddedRedis
+from relay.dev.redis_server import EmbeddedRedis
+from relay.runner.ratelimit import AccountRateLimit, Reservation
 from tests.conftest import poll
 
 LIMIT, WINDOW_S, MARGIN_S = 5, 0.5, 0.1
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import sys, threading, time
 from redis import Redis
-from relay.ratelimit import AccountRateLimit
+from relay.runner.ratelimit import AccountRateLimit
 
 url, threads, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 redis = Redis.from_url(url)

@@ -30,11 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from redis import Redis
 from rq import Worker
 
-from relay.config import RelayConfig
-from relay.errors import RedisUnavailable, SettingsError
-from relay.ingress import create_app
-from relay.redis_client import check_redis, connect, connect_async, describe_redis
-from relay.redis_server import (
+from relay.dev.redis_server import (
     EmbeddedRedis,
     EmbeddedSentinel,
     TlsFiles,
@@ -42,6 +38,10 @@ from relay.redis_server import (
     free_port,
     supports_tls,
 )
+from relay.errors import RedisUnavailable, SettingsError
+from relay.infra.redis_client import check_redis, connect, connect_async, describe_redis
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig
 from relay.settings import Settings, load_settings
 from tests.conftest import KNOWN_PHLO, Sandbox, clean_environment, drain_queue, poll
 from tests.test_delivery import FORM

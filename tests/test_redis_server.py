@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from relay import redis_server
+from relay.dev.redis_server import EmbeddedRedis, find_redis_server, free_port
+from relay.dev import redis_server
 from relay.errors import RedisUnavailable
-from relay.redis_server import EmbeddedRedis, find_redis_server, free_port
 
 
 def _pid_exists(pid: int) -> bool:

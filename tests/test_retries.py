@@ -10,10 +10,10 @@ from redis import Redis
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from relay.config import RelayConfig
-from relay.ingress import create_app
-from relay.redis_server import free_port
-from relay.retry import RetryOverride
+from relay.dev.redis_server import free_port
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig
+from relay.queue.retry import RetryOverride
 from relay.settings import Settings
 from tests.conftest import Sandbox, drain_queue, poll, running_worker
 from tests.test_delivery import FORM

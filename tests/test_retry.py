@@ -7,7 +7,7 @@ from email.utils import formatdate
 
 import pytest
 
-from relay.retry import RetryOverride, RetryPolicy, backoff_s, parse_retry_after, retry_delay_s
+from relay.queue.retry import RetryOverride, RetryPolicy, backoff_s, parse_retry_after, retry_delay_s
 from relay.settings import Settings
 
 NOW = 1_700_000_000.0

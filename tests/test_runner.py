@@ -16,10 +16,10 @@ from aiohttp import web
 from pydantic import SecretStr
 from pytest_aiohttp import AiohttpServer
 
+from relay.dev.redis_server import free_port
 from relay.errors import RunnerError, RunnerRejected, RunnerUnreachable
-from relay.redis_server import free_port
-from relay.runner import MAX_ERROR_CHARS, RunnerClient, RunResult, encode_payload, run_path
-from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
+from relay.runner.client import MAX_ERROR_CHARS, RunnerClient, RunResult, encode_payload, run_path
+from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
 from relay.settings import PlivoAccount
 from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, assert_sdk_request
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.sandbox import (
+from relay.runner.sandbox import (
     SANDBOX_AUTH_ID,
     SANDBOX_AUTH_TOKEN,
     SandboxConfig,
@@ -350,7 +350,7 @@ async def test_serve_sandbox_serves_until_cancelled() -> None:
                 started.set()
 
     handler = Started()
-    sandbox_logger = logging.getLogger("relay.sandbox")
+    sandbox_logger = logging.getLogger("relay.runner.sandbox")
     sandbox_logger.addHandler(handler)
     previous_level = sandbox_logger.level
     sandbox_logger.setLevel(logging.INFO)

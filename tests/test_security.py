@@ -31,12 +31,12 @@ from aiohttp import web
 from pydantic import SecretStr
 from redis import Redis
 
-from relay.config import RelayConfig, parse_config
-from relay.ingress import create_app
-from relay.parse import FORM_TYPE
-from relay.redis_server import free_port
-from relay.schemes import SCHEME_NAMES
-from relay.serving import AppThread
+from relay.dev.redis_server import free_port
+from relay.infra.serving import AppThread
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig, parse_config
+from relay.mapping.parse import FORM_TYPE
+from relay.mapping.schemes import SCHEME_NAMES
 from relay.settings import Settings
 from tests.conftest import (
     KNOWN_PHLO,

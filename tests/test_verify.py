@@ -24,10 +24,10 @@ from standardwebhooks import Webhook as StandardWebhook
 from svix.webhooks import Webhook as SvixWebhook
 from twilio.request_validator import RequestValidator
 
-from relay.config import Source
 from relay.errors import ConfigError, ConfigProblem, VerificationFailed
-from relay.schemes import HookRequest
-from relay.verify import SourceVerifier, build_verifiers
+from relay.ingress.verify import SourceVerifier, build_verifiers
+from relay.mapping.config import Source
+from relay.mapping.schemes import HookRequest
 from tests.conftest import watch_secrets
 
 NOW = 1_700_000_000

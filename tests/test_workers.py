@@ -20,13 +20,13 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from relay.breaker import CircuitBreaker
-from relay.config import RelayConfig
-from relay.ingress import create_app
-from relay.jobs import relay_queue
-from relay.redis_server import EmbeddedRedis, free_port
+from relay.dev.redis_server import EmbeddedRedis, free_port
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig
+from relay.queue.jobs import relay_queue
+from relay.runner.breaker import CircuitBreaker
 from relay.settings import DEFAULT_ACCOUNT, Settings
-from relay.worker import requeue_stranded
+from relay.worker.loop import requeue_stranded
 from tests.conftest import Sandbox, clean_environment, drain_queue, poll
 from tests.test_delivery import FORM
 

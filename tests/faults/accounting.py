@@ -23,8 +23,9 @@ from redis import Redis
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from relay import keys, outcome
-from relay.outcome import EventView, RunOutcome, RunStatus
+from relay import keys
+from relay.queue import records as outcome
+from relay.queue.records import EventView, RunOutcome, RunStatus
 from tests.faults.harness import Cluster
 from tests.faults.stream import Webhook
 

@@ -20,9 +20,9 @@ from typing import Any, Self
 
 import httpx
 
-from relay.dev import wait_for_worker
-from relay.redis_server import EmbeddedRedis, free_port
-from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
+from relay.dev.redis_server import EmbeddedRedis, free_port
+from relay.dev.stack import wait_for_worker
+from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
 from relay.settings import Settings, load_settings
 from tests.conftest import ALERT_PHLO, KNOWN_PHLO, UNKNOWN_PHLO, clean_environment
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from relay.outcome import RunStatus
+from relay.queue.records import RunStatus
 from tests.faults.accounting import Report, account
 from tests.faults.harness import Cluster
 from tests.faults.stream import Stream, wait_for

@@ -15,18 +15,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from relay.deadletters import (
+from relay.errors import DeadLetterError
+from relay.ingress.app import CONFIG, REDIS, SETTINGS, error_response, in_thread
+from relay.ingress.signatures import sent
+from relay.outcome.deadletters import (
     DeadLetterFilter,
     Target,
     list_dead_letters,
     purge,
     show_dead_letter,
 )
-from relay.errors import DeadLetterError
-from relay.ingress import CONFIG, REDIS, SETTINGS, error_response, in_thread
-from relay.replay import replay_many
+from relay.outcome.replay import replay_many
 from relay.settings import Settings
-from relay.signatures import sent
 
 log = logging.getLogger(__name__)
 REALM = 'Bearer realm="phlo-relay admin"'

@@ -1,6 +1,6 @@
 """Dead letters: list, show and purge the runs in RQ's failed registry (``relay dlq``, the admin API).
 
-Replaying them is ``relay.replay``.
+Replaying them is ``relay.outcome.replay``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from relay import keys, outcome
+from relay import keys
 from relay.errors import DeadLetterError
-from relay.outcome import EventRecord, RunOutcome, Step
+from relay.queue import records as outcome
+from relay.queue.records import EventRecord, RunOutcome, Step
 from relay.settings import Settings
 
 REASON_CHARS = 500

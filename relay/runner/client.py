@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from relay.errors import RunnerRejected, RunnerUnreachable
-from relay.retry import parse_retry_after
+from relay.queue.retry import parse_retry_after
 from relay.settings import PlivoAccount
 
 # The SDK release whose request is reproduced byte for byte (see ../shared/reference/phlo-runner.md).

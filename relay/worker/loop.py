@@ -1,4 +1,4 @@
-"""The worker processes that run the relay's jobs (``relay.delivery``), and what each process shares.
+"""The worker processes that run the relay's jobs (``relay.worker.job``), and what each process shares.
 
 Workers are RQ ``SimpleWorker``s (no fork per job), so each process keeps one runner client and its
 connection pool, its breakers and rate limits from job to job. A worker that dies mid-job is found by any
@@ -27,16 +27,16 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from relay import keys
-from relay.breaker import CircuitBreaker
 from relay.errors import RelayError
-from relay.logs import bind
-from relay.metrics import RelayMetrics
-from relay.queue_state import scrape_registry
-from relay.ratelimit import AccountRateLimit
-from relay.redis_client import connect
-from relay.runner import RunnerClient
+from relay.infra.logs import bind
+from relay.infra.metrics import RelayMetrics
+from relay.infra.redis_client import connect
+from relay.infra.supervisor import Child, supervise
+from relay.queue.gauges import scrape_registry
+from relay.runner.breaker import CircuitBreaker
+from relay.runner.client import RunnerClient
+from relay.runner.ratelimit import AccountRateLimit
 from relay.settings import PlivoAccount, Settings, load_settings
-from relay.supervisor import Child, supervise
 
 log = logging.getLogger(__name__)
 # KEYS: RQ's intermediate list, the queue, the relay's marks (job id: when first seen there). ARGV: seconds.

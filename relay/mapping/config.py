@@ -27,8 +27,8 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError, ConfigProblem
-from relay.retry import RetryOverride
-from relay.schemes import Verification
+from relay.mapping.schemes import Verification
+from relay.queue.retry import RetryOverride
 from relay.settings import DEFAULT_ACCOUNT
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"

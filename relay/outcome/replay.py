@@ -15,9 +15,11 @@ from redis.exceptions import WatchError
 from rq.job import Job
 from rq.results import Result
 
-from relay import keys, outcome
-from relay.config import RelayConfig
-from relay.deadletters import (
+from relay import keys
+from relay.errors import DeadLetterError, MappingError
+from relay.mapping.config import RelayConfig
+from relay.mapping.routes import PlannedRun, build_payload
+from relay.outcome.deadletters import (
     WATCH_ATTEMPTS,
     Target,
     dead_job,
@@ -26,11 +28,10 @@ from relay.deadletters import (
     read_records,
     target_ids,
 )
-from relay.errors import DeadLetterError, MappingError
-from relay.jobs import relay_queue, run_job_data
-from relay.mapping import PlannedRun, build_payload
-from relay.outcome import EventRecord, RunOutcome, RunStatus, Step
-from relay.retry import RetryPolicy
+from relay.queue import records as outcome
+from relay.queue.jobs import relay_queue, run_job_data
+from relay.queue.records import EventRecord, RunOutcome, RunStatus, Step
+from relay.queue.retry import RetryPolicy
 from relay.settings import Settings
 
 

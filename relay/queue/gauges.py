@@ -24,9 +24,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.utils import str_to_date
 from rq.worker_registration import get_keys
 
-from relay.breaker import CircuitBreaker
-from relay.jobs import relay_queue
-from relay.metrics import (
+from relay.infra.metrics import (
     BREAKER_STATE,
     QUEUE_OLDEST_AGE,
     QUEUE_RUNS,
@@ -35,6 +33,8 @@ from relay.metrics import (
     RelayMetrics,
     multiprocess_directory,
 )
+from relay.queue.jobs import relay_queue
+from relay.runner.breaker import CircuitBreaker
 from relay.settings import Settings
 
 BREAKER_STATES = ("closed", "half_open", "open")

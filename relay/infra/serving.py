@@ -15,7 +15,7 @@ from typing import Self
 
 from aiohttp import web
 
-from relay.logs import AccessLogger
+from relay.infra.logs import AccessLogger
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ On SIGTERM the ingress turns not-ready (``/readyz`` answers 503 and every answer
 keeps serving ``RELAY_DRAIN_DELAY_S``, long enough for the load balancer's health checks to take it out.
 Then it closes its port, finishes the requests in flight and exits, all within ``RELAY_SHUTDOWN_GRACE_S``.
 A second signal exits at once. With ``--processes N`` every process binds the port with SO_REUSEPORT, so
-the kernel spreads connections across them; ``relay.supervisor`` keeps them running.
+the kernel spreads connections across them; ``relay.infra.supervisor`` keeps them running.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import signal
 
 from aiohttp import web
 
-from relay.config import RelayConfig
-from relay.ingress import READINESS, Readiness, create_app
-from relay.logs import AccessLogger
+from relay.infra.logs import AccessLogger
+from relay.ingress.app import READINESS, Readiness, create_app
+from relay.mapping.config import RelayConfig
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,14 @@ from pathlib import Path
 from pydantic import SecretStr
 from rq import Worker
 
-from relay.config import RelayConfig, load_config
+from relay.dev.redis_server import EmbeddedRedis
 from relay.errors import RelayError
-from relay.ingress import create_app
-from relay.jobs import relay_queue
-from relay.redis_client import connect, describe_redis
-from relay.redis_server import EmbeddedRedis
-from relay.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, create_sandbox_app
-from relay.serving import start_site
+from relay.infra.redis_client import connect, describe_redis
+from relay.infra.serving import start_site
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig, load_config
+from relay.queue.jobs import relay_queue
+from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, create_sandbox_app
 from relay.settings import Settings
 
 WORKER_START_TIMEOUT_S = 30.0

@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-from relay import metrics
+from relay.infra import metrics
 
 log = logging.getLogger(__name__)
 RESTART_DELAY_S = 1.0

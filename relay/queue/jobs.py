@@ -25,14 +25,14 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from relay.mapping import PlannedRun, UnmappedRun
-from relay.outcome import EventRecord
-from relay.retry import RetryPolicy
+from relay.mapping.routes import PlannedRun, UnmappedRun
+from relay.queue.records import EventRecord
+from relay.queue.retry import RetryPolicy
 from relay.settings import Settings
 
-DELIVER_FUNC = "relay.delivery.deliver"
-UNMAPPABLE_FUNC = "relay.delivery.unmappable"
-ON_FAILURE_FUNC = "relay.delivery.on_failure"
+DELIVER_FUNC = "relay.worker.job.deliver"
+UNMAPPABLE_FUNC = "relay.worker.job.unmappable"
+ON_FAILURE_FUNC = "relay.worker.job.on_failure"
 # Fields of a job's hash that RQ sets per job; every other field is the same for all runs of one shape.
 PER_JOB_FIELDS = ("created_at", "enqueued_at", "data", "description", "meta")
 

@@ -2,7 +2,7 @@
 
 ``build_verifiers`` resolves every source's secrets from the environment once, at start-up; a
 SourceVerifier then checks each request against all of its source's schemes. The scheme checks themselves
-are in ``relay.signatures``.
+are in ``relay.ingress.signatures``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from relay import signatures
-from relay.config import Source
 from relay.errors import ConfigError, ConfigProblem
-from relay.schemes import (
+from relay.ingress import signatures
+from relay.mapping.config import Source
+from relay.mapping.schemes import (
     BasicAuth,
     HmacSignature,
     HookRequest,

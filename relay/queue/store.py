@@ -28,13 +28,14 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue
 
-from relay import keys, outcome
+from relay import keys
 from relay.errors import RedisUnavailable
-from relay.events import IncomingEvent
-from relay.jobs import dead_letter_unmapped, job_id_for, queue_run, relay_queue, run_job_fields
-from relay.mapping import MappedEvent, PlannedRun, UnmappedRun
-from relay.outcome import EventRecord, EventStatus, RunOutcome, RunStatus
-from relay.retry import RetryPolicy
+from relay.mapping.routes import MappedEvent, PlannedRun, UnmappedRun
+from relay.mapping.split import IncomingEvent
+from relay.queue import records as outcome
+from relay.queue.jobs import dead_letter_unmapped, job_id_for, queue_run, relay_queue, run_job_fields
+from relay.queue.records import EventRecord, EventStatus, RunOutcome, RunStatus
+from relay.queue.retry import RetryPolicy
 from relay.settings import Settings
 
 # ARGV[1]: the batch in MessagePack (Redis's Lua has cmsgpack; one argument costs the client far less to

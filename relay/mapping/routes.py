@@ -10,9 +10,9 @@ from typing import Any
 
 from jmespath.exceptions import JMESPathError
 
-from relay.config import LiteralValue, Locator, RelayConfig, Route, compile_expression
 from relay.errors import MalformedHeader, MappingError
-from relay.retry import RetryOverride
+from relay.mapping.config import LiteralValue, Locator, RelayConfig, Route, compile_expression
+from relay.queue.retry import RetryOverride
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import Source
 from relay.errors import MalformedBody
-from relay.mapping import locate, search
+from relay.mapping.config import Source
+from relay.mapping.routes import locate, search
 
 
 @dataclass(frozen=True)

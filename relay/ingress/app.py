@@ -28,21 +28,21 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from relay import outcome
-from relay.config import RelayConfig, Source
-from relay.enqueue import EventStore, StoredEvent
 from relay.errors import BodyTooLarge, IngressRefused, RedisUnavailable, RequestTimeout, UnknownSource
-from relay.events import split_events
-from relay.logs import DESCRIBED, REQUEST_ID_HEADER, bind, register_secrets, request_id_from
-from relay.mapping import map_event
-from relay.metrics import UNKNOWN_SOURCE, RelayMetrics
-from relay.origin import client_ip, public_url
-from relay.outcome import EventStatus
-from relay.parse import parse_body
-from relay.redis_client import connect, connect_async
-from relay.schemes import HookRequest
+from relay.infra.logs import DESCRIBED, REQUEST_ID_HEADER, bind, register_secrets, request_id_from
+from relay.infra.metrics import UNKNOWN_SOURCE, RelayMetrics
+from relay.infra.redis_client import connect, connect_async
+from relay.ingress.origin import client_ip, public_url
+from relay.ingress.verify import SourceVerifier, build_verifiers, source_secrets
+from relay.mapping.config import RelayConfig, Source
+from relay.mapping.parse import parse_body
+from relay.mapping.routes import map_event
+from relay.mapping.schemes import HookRequest
+from relay.mapping.split import split_events
+from relay.queue import records as outcome
+from relay.queue.records import EventStatus
+from relay.queue.store import EventStore, StoredEvent
 from relay.settings import Settings, secret_environment
-from relay.verify import SourceVerifier, build_verifiers, source_secrets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -339,8 +339,10 @@ def create_app(
     app.cleanup_ctx.append(connections)
     app.router.add_post(r"/hooks/{source}", receive_hook)
     app.router.add_get(r"/events/{event_id}", show_event)
-    from relay.admin import add_admin_routes  # here: relay.admin and relay.health import this module
-    from relay.health import add_health_routes
+    from relay.ingress.admin import (
+        add_admin_routes,  # here: relay.ingress.admin and relay.ingress.health import this module
+    )
+    from relay.ingress.health import add_health_routes
 
     add_admin_routes(app, settings)
     add_health_routes(app)

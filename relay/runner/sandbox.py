@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import BasicAuth, web
 from aiohttp.typedefs import Handler
 
-from relay.serving import AppThread, start_site
+from relay.infra.serving import AppThread, start_site
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 ``/healthz`` answers while the process runs. ``/readyz`` answers 200 only while the ingress can take
 webhooks: its config is loaded and Redis answers; after SIGTERM it answers 503 ``draining`` so that the load
-balancer stops sending before the ingress closes its port (``relay.serving.serve_ingress``).
+balancer stops sending before the ingress closes its port (``relay.infra.serving.serve_ingress``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
-from relay.ingress import CONFIG, METRICS, READINESS, REDIS, SETTINGS, STORE, in_thread, json_response
-from relay.queue_state import scrape_registry
+from relay.ingress.app import CONFIG, METRICS, READINESS, REDIS, SETTINGS, STORE, in_thread, json_response
+from relay.queue.gauges import scrape_registry
 
 READY_PING_TIMEOUT_S = 1.0
 SCRAPE = web.AppKey("scrape", CollectorRegistry)

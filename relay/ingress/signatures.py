@@ -18,7 +18,7 @@ from typing import Literal
 from urllib.parse import SplitResult, parse_qs, parse_qsl, urlsplit, urlunsplit
 
 from relay.errors import VerificationFailed
-from relay.schemes import DEFAULT_TOLERANCE_S, HookRequest, StaticToken
+from relay.mapping.schemes import DEFAULT_TOLERANCE_S, HookRequest, StaticToken
 
 Keys = Sequence[bytes]
 Encoding = Literal["hex", "base64"]

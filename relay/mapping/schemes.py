@@ -1,8 +1,8 @@
 """How a source proves who sent a request: the verification schemes a source can name in the config.
 
-These are plain data; ``relay.verify`` checks a request against them. Secrets are never in the config: a
-scheme names the environment variables that hold them, several at once so that a secret can be rotated
-without downtime (every listed secret is accepted).
+These are plain data; ``relay.ingress.verify`` checks a request against them. Secrets are never in the
+config: a scheme names the environment variables that hold them, several at once so that a secret can be
+rotated without downtime (every listed secret is accepted).
 """
 
 from __future__ import annotations
