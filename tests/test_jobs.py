@@ -14,10 +14,11 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
+from relay.mapping.config import RetryOverride
 from relay.mapping.routes import PlannedRun
 from relay.queue.jobs import queue_run, relay_queue, run_job_data, run_job_fields
 from relay.queue.records import EventRecord, EventStatus
-from relay.queue.retry import RetryOverride, RetryPolicy
+from relay.queue.retry import RetryPolicy
 from relay.queue.store import _rq_time
 from relay.settings import Settings
 from tests.conftest import KNOWN_PHLO

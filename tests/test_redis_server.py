@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from relay.dev.redis_server import EmbeddedRedis, find_redis_server, free_port
 from relay.dev import redis_server
+from relay.dev.redis_server import EmbeddedRedis, find_redis_server, free_port
 from relay.errors import RedisUnavailable
 
 

@@ -12,8 +12,7 @@ from rq.serializers import JSONSerializer
 
 from relay.dev.redis_server import free_port
 from relay.ingress.app import create_app
-from relay.mapping.config import RelayConfig
-from relay.queue.retry import RetryOverride
+from relay.mapping.config import RelayConfig, RetryOverride
 from relay.settings import Settings
 from tests.conftest import Sandbox, drain_queue, poll, running_worker
 from tests.test_delivery import FORM

@@ -7,7 +7,9 @@ from email.utils import formatdate
 
 import pytest
 
-from relay.queue.retry import RetryOverride, RetryPolicy, backoff_s, parse_retry_after, retry_delay_s
+from relay.mapping.config import RetryOverride
+from relay.queue.retry import RetryPolicy, backoff_s, retry_delay_s
+from relay.runner.client import parse_retry_after
 from relay.settings import Settings
 
 NOW = 1_700_000_000.0

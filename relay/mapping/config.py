@@ -28,7 +28,6 @@ from pydantic import (
 
 from relay.errors import ConfigError, ConfigProblem
 from relay.mapping.schemes import Verification
-from relay.queue.retry import RetryOverride
 from relay.settings import DEFAULT_ACCOUNT
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -51,6 +50,17 @@ def _check_expression(expression: str) -> str:
 
 
 Expression = Annotated[str, Field(min_length=1)]
+
+
+class RetryOverride(BaseModel):
+    """A route's own limits (``retry:`` in the config); what it leaves out comes from the settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int | None = Field(default=None, ge=1, le=50)
+    max_age_s: int | None = Field(default=None, ge=1)
+    base_delay_s: float | None = Field(default=None, ge=0)
+    max_delay_s: float | None = Field(default=None, ge=0)
 
 
 class _Strict(BaseModel):

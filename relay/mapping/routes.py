@@ -11,8 +11,7 @@ from typing import Any
 from jmespath.exceptions import JMESPathError
 
 from relay.errors import MalformedHeader, MappingError
-from relay.mapping.config import LiteralValue, Locator, RelayConfig, Route, compile_expression
-from relay.queue.retry import RetryOverride
+from relay.mapping.config import LiteralValue, Locator, RelayConfig, RetryOverride, Route, compile_expression
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""When a failed run is tried again: backoff with full jitter, Retry-After, and limits of attempts and age.
+"""When a failed run is tried again: full-jitter backoff, Retry-After as a floor, limits of attempts and age.
 
 The policy is resolved when a run is queued (settings, then the route's overrides) and travels with the job,
 so workers need no config. Retries are scheduled through RQ's scheduler, never slept in a worker.
@@ -8,23 +8,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from relay.mapping.config import RetryOverride
 from relay.settings import Settings
-
-
-class RetryOverride(BaseModel):
-    """A route's own limits (``retry:`` in the config); what it leaves out comes from the settings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    attempts: int | None = Field(default=None, ge=1, le=50)
-    max_age_s: int | None = Field(default=None, ge=1)
-    base_delay_s: float | None = Field(default=None, ge=0)
-    max_delay_s: float | None = Field(default=None, ge=0)
 
 
 @dataclass(frozen=True)
@@ -82,17 +69,3 @@ def retry_delay_s(
     if now + delay > policy.deadline_at:
         return None, "its maximum age would pass before the next attempt"
     return delay, ""
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - now, 0.0) if when.tzinfo is not None else None

@@ -12,13 +12,13 @@ import json
 import platform
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from relay.errors import RunnerRejected, RunnerUnreachable
-from relay.queue.retry import parse_retry_after
 from relay.settings import PlivoAccount
 
 # The SDK release whose request is reproduced byte for byte (see ../shared/reference/phlo-runner.md).
@@ -128,3 +128,17 @@ class RunnerClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0) if when.tzinfo is not None else None
