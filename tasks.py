@@ -2,7 +2,7 @@
 """The project's two commands, for a machine with nothing but Python 3.11+.
 
     python3 tasks.py run    # relay dev: embedded Redis, ingress, worker and runner sandbox
-    python3 tasks.py test   # ruff, mypy and the whole test suite
+    python3 tasks.py test   # ruff, mypy, the import layers and the whole test suite
 
 Each creates ``.venv`` on first use and installs what it needs there: ``run`` the relay with its
 embedded-Redis extra only, ``test`` the dev extra too. The install stamp records pyproject.toml's hash
@@ -85,12 +85,13 @@ def run(args: list[str]) -> int:
 
 
 def test(args: list[str]) -> int:
-    """Lint, type-check and run every test."""
+    """Lint, type-check, check the import layers and run every test."""
     ensure_environment(TEST_EXTRAS)
     steps: list[list[str | Path]] = [
         [BIN / "ruff", "check", "."],
         [BIN / "ruff", "format", "--check", "."],
         [BIN / "mypy"],
+        [BIN / "lint-imports", "--no-cache"],
         [BIN / "python", "-m", "pytest", *args],
     ]
     for step in steps:
