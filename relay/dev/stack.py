@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -41,16 +42,18 @@ def sample_curls(config: RelayConfig, config_path: Path, base_url: str) -> list[
     return curls
 
 
-async def wait_for_worker(settings: Settings, pid: int) -> None:
-    """Return once the worker process is registered with RQ (listening on the queue)."""
+def wait_for_worker(settings: Settings, pid: int, cancelled: threading.Event | None = None) -> None:
+    """Return once the worker process is registered with RQ (listening on the queue), or is ``cancelled``."""
+    cancelled = cancelled or threading.Event()
     redis = connect(settings)
     queue = relay_queue(redis, settings)
     deadline = time.monotonic() + WORKER_START_TIMEOUT_S
     try:
-        while not await asyncio.to_thread(lambda: any(w.pid == pid for w in Worker.all(queue=queue))):
+        while not any(worker.pid == pid for worker in Worker.all(queue=queue)):
             if time.monotonic() > deadline:
                 raise RelayError(f"the worker did not start within {WORKER_START_TIMEOUT_S:.0f} s")
-            await asyncio.sleep(0.05)  # polling RQ's worker registry with a deadline; a stop cancels it
+            if cancelled.wait(0.05):  # polling RQ's worker registry with a deadline
+                return
     finally:
         redis.close()
 
@@ -105,7 +108,12 @@ async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | No
             env={**os.environ, **settings.as_environment()},
             start_new_session=True,  # stopped by us, in order, not by the terminal's Ctrl-C
         )
-        await _first(wait_for_worker(settings, worker.pid), worker.wait(), stop.wait())
+        cancelled = threading.Event()  # a stop during start-up ends the thread waiting for the worker
+        try:
+            registered = asyncio.to_thread(wait_for_worker, settings, worker.pid, cancelled)
+            await _first(registered, worker.wait(), stop.wait())
+        finally:
+            cancelled.set()
         if not stop.is_set() and worker.returncode is None:
             print(_banner(settings, config, with_sandbox=sandbox_port is not None), flush=True)
             await _first(worker.wait(), stop.wait())

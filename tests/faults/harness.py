@@ -7,7 +7,6 @@ the worker that holds the scheduler lock), and writes its log to ``<dir>/logs/<n
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -267,7 +266,7 @@ class Cluster:
         """Return once RQ lists every worker process as a worker of the queue."""
         for worker in self.workers:
             assert worker.process is not None
-            asyncio.run(wait_for_worker(self.settings, worker.process.pid))
+            wait_for_worker(self.settings, worker.process.pid)
 
     def kill_worker(self, worker: Child) -> None:
         """SIGKILL a worker (and its scheduler fork) as an OOM killer or a lost machine would."""
