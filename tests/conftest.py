@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import httpx
 import pytest
@@ -243,6 +243,16 @@ def settings(
         runner_read_timeout_s=2.0,
         breaker_failures=1000,  # tests of the breaker turn it on; elsewhere a failing runner stays failing
     )
+
+
+def missing(reason: str, switch: str = "RELAY_REQUIRE_TOOLS") -> NoReturn:
+    """Skip a test whose system tool is missing, saying what to install; under ``switch=1`` fail instead.
+
+    CI (``.ci/run``) installs every such tool and sets the switches, so no test can skip there unseen.
+    """
+    if os.environ.get(switch) == "1":
+        pytest.fail(f"{switch}=1 but {reason}")
+    pytest.skip(reason)
 
 
 def clean_environment(**extra: str) -> dict[str, str]:

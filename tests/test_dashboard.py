@@ -29,7 +29,7 @@ from rq.registry import BaseRegistry
 
 from relay.dev.redis_server import free_port
 from relay.settings import Settings
-from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, answers, clean_environment, poll
+from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, answers, clean_environment, missing, poll
 from tests.deployment_files import dashboard_arguments
 
 CHROMIUM_ARGS = [
@@ -50,10 +50,7 @@ def chromium_path() -> str:
     """Debian's Chromium; skipped without it, unless RELAY_REQUIRE_BROWSER=1 (CI) makes that a failure."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        reason = "no chromium on PATH (apt-get install chromium)"
-        if os.environ.get("RELAY_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"RELAY_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
+        missing("no chromium on PATH (apt-get install chromium)", switch="RELAY_REQUIRE_BROWSER")
     return path
 
 

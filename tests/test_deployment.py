@@ -24,6 +24,7 @@ from pydantic import AliasChoices
 from relay.cli import build_parser
 from relay.infra.metrics import METRIC_NAMES
 from relay.settings import ENV_PREFIX, Settings, env_name, load_settings
+from tests.conftest import missing
 from tests.deployment_files import COMPOSE_FILE, ROOT, compose, dashboard_arguments, dockerfile_stages
 
 DEPLOY = ROOT / "deploy"
@@ -92,7 +93,7 @@ def compose_tools() -> list[list[str]]:
 def test_installed_compose_accepts_the_file() -> None:
     tools = compose_tools()
     if not tools:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+        missing("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
     profiles = ["--profile", "sandbox", "--profile", "monitoring"]
     for tool in tools:
         for env, arguments in (({}, []), (SANDBOX_ENV, profiles)):
@@ -336,7 +337,7 @@ def test_load_balancer_finds_every_ingress_replica_and_checks_readiness() -> Non
 
 def test_haproxy_accepts_its_config() -> None:
     if shutil.which("haproxy") is None:
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+        missing("haproxy is not installed (apt-get install haproxy)")
     result = subprocess.run(
         ["haproxy", "-c", "-f", str(DEPLOY / "haproxy.cfg")], capture_output=True, text=True, check=False
     )
@@ -447,7 +448,7 @@ def test_alert_rules_read_only_relay_metrics() -> None:
 
 def test_promtool_accepts_the_config_and_the_alerts_fire_as_documented() -> None:
     if shutil.which("promtool") is None:
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
+        missing("promtool is not installed (apt-get install prometheus)")
     for command in (
         ["check", "config", str(DEPLOY / "prometheus.yml")],
         ["test", "rules", str(ROOT / "tests" / "data" / "prometheus-alerts-test.yml")],

@@ -43,7 +43,7 @@ from relay.infra.redis_client import check_redis, connect, connect_async, descri
 from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings, load_settings
-from tests.conftest import KNOWN_PHLO, Sandbox, clean_environment, drain_queue, poll
+from tests.conftest import KNOWN_PHLO, Sandbox, clean_environment, drain_queue, missing, poll
 from tests.test_delivery import FORM
 from tests.test_workers import worker_process
 
@@ -500,7 +500,9 @@ async def test_a_worker_and_its_scheduler_work_through_each_way_to_redis(
 
 def tls_files(server: EmbeddedRedis) -> TlsFiles:
     if server.tls is None:
-        pytest.skip(f"{find_redis_server()} was built without TLS: it rejects --tls-port as a bad directive")
+        missing(
+            f"{find_redis_server()} was built without TLS (apt-get install redis-server: Debian's has TLS)"
+        )
     return server.tls
 
 
