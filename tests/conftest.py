@@ -245,6 +245,13 @@ def settings(
     )
 
 
+def assert_attempts_are_its_attempt_steps(run: dict[str, Any]) -> None:
+    """A run's attempt count is exactly the attempts its history records, numbered 1, 2, ...: a wait (breaker,
+    rate limit, pause, hold) appends a step without an attempt and never spends one."""
+    attempted = sorted({step["attempt"] for step in run["history"] if step.get("attempt")})
+    assert attempted == list(range(1, run["attempts"] + 1)), (run["attempts"], run["history"])
+
+
 def missing(reason: str, switch: str = "RELAY_REQUIRE_TOOLS") -> NoReturn:
     """Skip a test whose system tool is missing, saying what to install; under ``switch=1`` fail instead.
 

@@ -27,7 +27,13 @@ from relay.queue.jobs import relay_queue
 from relay.runner.breaker import CircuitBreaker
 from relay.settings import DEFAULT_ACCOUNT, Settings
 from relay.worker.loop import requeue_stranded
-from tests.conftest import Sandbox, clean_environment, drain_queue, poll
+from tests.conftest import (
+    Sandbox,
+    assert_attempts_are_its_attempt_steps,
+    clean_environment,
+    drain_queue,
+    poll,
+)
 from tests.test_delivery import FORM
 
 
@@ -138,14 +144,51 @@ async def test_the_breaker_pauses_an_account_in_an_outage_and_resumes_without_lo
                 await asyncio.sleep(0.1)
 
         during = await some_wait()
-        assert all(run["attempts"] < fragile.run_attempts for run in during)
+        for run in during:
+            if run["status"] not in ("running", "queued"):  # a running run's attempt has no step yet
+                assert_attempts_are_its_attempt_steps(run)
         sandbox.reset()  # the runner recovers
         after = await until_all(client, event_ids, "succeeded")
     assert breaker.state().state == "closed"
-    assert all(run["attempts"] < fragile.run_attempts for run in after)
+    for run in after:
+        assert_attempts_are_its_attempt_steps(run)
     notes = [step.get("note") or "" for run in after for step in run["history"]]
     assert any("circuit breaker" in note for note in notes)
     assert sum(run["status"] == 201 for run in sandbox.runs()) == 8
+
+
+async def test_a_run_whose_rate_limit_wait_would_outlast_its_job_is_rescheduled_without_an_attempt(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox
+) -> None:
+    # One request per 4 s, and a job that may wait at most 7 - 2 - 2 - 2 = 1 s for its turn (the job
+    # timeout less the request's connect and read time and a margin): the later runs must be rescheduled.
+    window_s = 4.0
+    tight = settings.model_copy(
+        update={
+            "rate_limit": 1,
+            "rate_window_s": window_s,
+            "job_timeout_s": 7,
+            "runner_connect_timeout_s": 2.0,
+            "runner_read_timeout_s": 2.0,
+        }
+    )
+    client, event_ids = await post_events(aiohttp_client, tight, config, 3)
+    with worker_process(tight):
+        runs = await until_all(client, event_ids, "succeeded", timeout_s=60.0)
+    received = sorted(run["received_at"] for run in sandbox.runs())
+    assert len(received) == 3  # each delivered once
+    assert busiest_window(received, window_s) == 1  # never over the limit
+    rescheduled = [
+        step
+        for run in runs
+        for step in run["history"]
+        if step["status"] == "waiting" and "rate limit" in (step.get("note") or "")
+    ]
+    assert rescheduled, [run["history"] for run in runs]
+    assert all("is taken for the next" in step["note"] and step["retry_in_s"] > 0 for step in rescheduled)
+    for run in runs:
+        assert run["attempts"] == 1
+        assert_attempts_are_its_attempt_steps(run)
 
 
 async def kill_a_worker_mid_run(
