@@ -99,12 +99,23 @@ async def test_redis_restarted_during_the_stream_loses_no_accepted_event(tmp_pat
     with Cluster(tmp_path, workers=3) as cluster:
         stream = stream_to(cluster, "restart", scale)
         flowing = asyncio.create_task(stream.run())
+        windows = []  # (stopped, started again) of each restart
         for number in range(1, restarts + 1):
             await wait_for(lambda n=number: stream.sent >= scale.events * n // (restarts + 1))
+            stopped_at = time.time()
             await asyncio.to_thread(cluster.restart_redis)
-        report = await asyncio.to_thread(account, cluster, await flowing, "Redis restarted", SETTLE_S)
-        report.notes.update(restarts=restarts)
+            windows.append((stopped_at, time.time()))
+        webhooks = await flowing
+        report = await asyncio.to_thread(account, cluster, webhooks, "Redis restarted", SETTLE_S)
+        attempts = [a for hook in webhooks for a in hook.attempts]
+        met = [sum(stopped <= a.at <= started for a in attempts) for stopped, started in windows]
+        cut = [a for a in attempts if a.status is None or a.status >= 500]
+        report.notes.update(restarts=restarts, requests_during_each_restart=met, cut_by_restarts=len(cut))
         finish(cluster, report)
+    # The scenario proves something only if its restarts hit the stream: requests sent while Redis was
+    # down, and some of them answered 503 (or cut off) for it.
+    assert all(met), f"a restart met no request: {met}"
+    assert cut, "no request was cut by a restart"
 
 
 async def test_redis_unreachable_at_the_ingress_answers_503_and_recovers_on_its_own(tmp_path: Path) -> None:
