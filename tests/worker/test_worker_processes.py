@@ -28,7 +28,7 @@ from relay.runner.breaker import CircuitBreaker
 from relay.settings import DEFAULT_ACCOUNT, Settings
 from relay.worker.loop import requeue_stranded
 from tests.conftest import Sandbox, clean_environment, drain_queue, poll
-from tests.test_delivery import FORM
+from tests.worker.test_delivery_to_runner import FORM
 
 
 @contextlib.contextmanager
