@@ -15,5 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 if __name__ == "__main__":
     env = {**os.environ, "RELAY_SCREENSHOT_DIR": str(ROOT / "docs" / "img"), "RELAY_REQUIRE_BROWSER": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_dashboard.py"]
+    test = "tests/e2e/test_dashboard_browser.py"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
     raise SystemExit(subprocess.call(command, cwd=ROOT, env=env))

@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 # Hypothesis. `ci`, the default, is derandomized: each test draws the same examples every run (from a seed
 # fixed by the test's own code), so a failure in CI fails again on any machine, and no example database is
-# needed in a fresh clone. Its counts keep tests/test_fuzz.py well under a minute on two cores. `long`
+# needed in a fresh clone. Its counts keep tests/e2e/test_fuzz.py well under a minute on two cores. `long`
 # (HYPOTHESIS_PROFILE=long, for release checks) draws ten times as many, fresh each run, and keeps failing
 # examples in .hypothesis/ to replay first next time. No deadline: timings on a shared machine vary.
 hypothesis_settings.register_profile("ci", max_examples=100, derandomize=True, database=None, deadline=None)

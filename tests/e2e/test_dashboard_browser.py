@@ -30,7 +30,7 @@ from rq.registry import BaseRegistry
 from relay.dev.redis_server import free_port
 from relay.settings import Settings
 from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, answers, clean_environment, missing, poll
-from tests.deployment_files import dashboard_arguments
+from tests.e2e.deployment_files import dashboard_arguments
 
 CHROMIUM_ARGS = [
     "--headless=new",

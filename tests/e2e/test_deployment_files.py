@@ -1,9 +1,9 @@
 """Dockerfile, docker-compose.yml, Procfile and deploy/ say only what the relay understands.
 
 No Docker engine is needed: the compose file is checked against the Compose Specification's JSON schema
-(tests/data/compose-spec.json), and with ``docker compose``/``docker-compose``, ``haproxy`` and ``promtool``
-when they are installed. Every command must parse with the relay's own argument parser, every variable must be
-a setting, and every metric a dashboard or alert reads must be one the relay exports.
+(tests/e2e/data/compose-spec.json), and with ``docker compose``/``docker-compose``, ``haproxy`` and
+``promtool`` when they are installed. Every command must parse with the relay's own argument parser, every
+variable must be a setting, and every metric a dashboard or alert reads must be one the relay exports.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from relay.cli import build_parser
 from relay.infra.metrics import METRIC_NAMES
 from relay.settings import ENV_PREFIX, Settings, env_name, load_settings
 from tests.conftest import missing
-from tests.deployment_files import COMPOSE_FILE, ROOT, compose, dashboard_arguments, dockerfile_stages
+from tests.e2e.deployment_files import COMPOSE_FILE, ROOT, compose, dashboard_arguments, dockerfile_stages
 
 DEPLOY = ROOT / "deploy"
 DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "phlo-relay.json"
@@ -71,7 +71,7 @@ def duration_s(text: str) -> float:
 
 @pytest.mark.parametrize("env", [{}, SANDBOX_ENV], ids=["production", "sandbox"])
 def test_compose_file_follows_the_compose_specification(env: dict[str, str]) -> None:
-    schema = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text(encoding="utf-8"))
+    schema = json.loads((ROOT / "tests" / "e2e" / "data" / "compose-spec.json").read_text(encoding="utf-8"))
     validator = jsonschema.Draft201909Validator(schema)
     assert [f"{list(error.path)}: {error.message}" for error in validator.iter_errors(compose(env))] == []
     broken = compose(env)
@@ -451,7 +451,7 @@ def test_promtool_accepts_the_config_and_the_alerts_fire_as_documented() -> None
         missing("promtool is not installed (apt-get install prometheus)")
     for command in (
         ["check", "config", str(DEPLOY / "prometheus.yml")],
-        ["test", "rules", str(ROOT / "tests" / "data" / "prometheus-alerts-test.yml")],
+        ["test", "rules", str(ROOT / "tests" / "e2e" / "data" / "prometheus-alerts-test.yml")],
     ):
         result = subprocess.run(["promtool", *command], capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -15,7 +15,7 @@ from relay.mapping.config import LiteralValue, PathValue, RelayConfig, load_conf
 from relay.mapping.routes import locate, map_event
 
 FILE = "routes.yaml"
-CONFIG_DIR = Path(__file__).parents[1] / "config"
+CONFIG_DIR = Path(__file__).parents[2] / "config"
 SHIPPED_CONFIG = CONFIG_DIR / "routes.yaml"
 
 SOURCES = """

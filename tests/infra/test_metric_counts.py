@@ -19,7 +19,7 @@ from redis import Redis
 from relay.dev.redis_server import free_port
 from relay.settings import Settings
 from tests.conftest import KNOWN_PHLO, Sandbox, answers, clean_environment, poll
-from tests.test_delivery import FORM
+from tests.worker.test_delivery_to_runner import FORM
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

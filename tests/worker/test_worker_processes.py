@@ -34,7 +34,7 @@ from tests.conftest import (
     drain_queue,
     poll,
 )
-from tests.test_delivery import FORM
+from tests.worker.test_delivery_to_runner import FORM
 
 
 @contextlib.contextmanager

@@ -44,8 +44,8 @@ from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings, load_settings
 from tests.conftest import KNOWN_PHLO, Sandbox, clean_environment, drain_queue, missing, poll
-from tests.test_delivery import FORM
-from tests.test_workers import worker_process
+from tests.worker.test_delivery_to_runner import FORM
+from tests.worker.test_worker_processes import worker_process
 
 PASSWORD = "master-Pa55word"
 SENTINEL_PASSWORD = "sentinel-Pa55word"

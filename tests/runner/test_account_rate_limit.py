@@ -20,7 +20,7 @@ from tests.conftest import poll
 
 LIMIT, WINDOW_S, MARGIN_S = 5, 0.5, 0.1
 SPAN_US = round((WINDOW_S + MARGIN_S) * 1_000_000)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import sys, threading, time

@@ -12,7 +12,7 @@ from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings
 from tests.conftest import send_raw
-from tests.test_delivery import FORM
+from tests.worker.test_delivery_to_runner import FORM
 
 
 async def refusal(response: Any, status: int, code: str) -> str:

@@ -10,7 +10,7 @@ from relay.mapping.config import Source
 from relay.mapping.schemes import SCHEME_NAMES
 from relay.settings import Settings, env_name
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 def test_every_setting_is_in_the_settings_table() -> None:

@@ -396,7 +396,7 @@ def test_a_number_json_cannot_carry_is_a_mapping_failure(text: str) -> None:
 @pytest.mark.parametrize("path", ["&a", "[&a]", "{k: &a}"])
 def test_a_path_to_an_expression_reference_is_a_mapping_failure_not_a_crash(path: str) -> None:
     """Regression: `&a` compiles and evaluates to a JMESPath object, which no JSON encoder takes: the
-    queued job failed to serialize (a 500). Found by tests/test_fuzz.py."""
+    queued job failed to serialize (a 500). Found by tests/e2e/test_fuzz.py."""
     [failure] = map_event(one_path_route(path), "s", None, {"a": 1}).failures
     assert "expression reference" in failure.reason
     assert locate(Locator(path=path), {"a": 1}, {}) is None  # an event id that is a JMESPath object

@@ -42,7 +42,7 @@ from tests.conftest import (
     watch_secrets,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "examples"
 SAMPLES = EXAMPLES / "samples"
 PUBLIC_URL = "https://relay.example.com"

@@ -15,7 +15,7 @@ from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig, RetryOverride
 from relay.settings import Settings
 from tests.conftest import Sandbox, drain_queue, poll, running_worker
-from tests.test_delivery import FORM
+from tests.worker.test_delivery_to_runner import FORM
 
 
 async def deliver_one(aiohttp_client: Any, settings: Settings, config: RelayConfig) -> tuple[Any, str]:

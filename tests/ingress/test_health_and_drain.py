@@ -25,8 +25,8 @@ from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings
 from tests.conftest import answers, clean_environment, poll
-from tests.test_cli import Lines
-from tests.test_delivery import FORM
+from tests.e2e.test_cli_commands import Lines
+from tests.worker.test_delivery_to_runner import FORM
 
 DRAIN_DELAY_S = 1.5
 

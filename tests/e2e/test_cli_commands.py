@@ -26,9 +26,9 @@ from relay.ingress.app import create_app
 from relay.mapping.config import load_config
 from relay.settings import Settings
 from tests.conftest import Sandbox, answers, clean_environment, drain_queue, poll, running_worker
-from tests.test_delivery import FORM
+from tests.worker.test_delivery_to_runner import FORM
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Lines:

@@ -49,7 +49,7 @@ from tests.conftest import (
     send_raw,
     watch_secrets,
 )
-from tests.test_delivery import FORM
+from tests.worker.test_delivery_to_runner import FORM
 
 QUERY_TOKEN = "query-token-4c9e1d7b-only-in-urls"
 watch_secrets(QUERY_TOKEN)

@@ -37,7 +37,7 @@ from relay.mapping.routes import locate, map_event
 from relay.settings import Settings, load_settings
 from tests.conftest import KNOWN_PHLO, check_for_leaks, watch_secrets
 
-SAMPLES = Path(__file__).resolve().parents[1] / "config" / "examples" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples" / "samples"
 UNIT = settings().max_examples  # 100 in the ci profile, 1000 in long
 MAX_BODY_BYTES = 4096  # small, so that sizes around the limit are cheap to send
 SECRETS = {
