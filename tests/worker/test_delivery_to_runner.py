@@ -14,6 +14,7 @@ from rq.serializers import JSONSerializer
 
 from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig
+from relay.outcome.replay import replay
 from relay.runner.sandbox import SANDBOX_AUTH_TOKEN
 from relay.settings import Settings
 from tests.conftest import ALERT_PHLO, KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, assert_sdk_request, drain_queue
@@ -288,3 +289,49 @@ async def test_unknown_event_is_404_json(
     response = await client.get("/events/evt_nope")
     assert response.status == 404
     assert (await response.json())["error"] == "unknown_event"
+
+
+def as_an_older_relay_stored_it(redis: Redis, job_id: str) -> None:
+    """Rewrite a job's hash as relays before the packages wrote it: its function under ``relay.delivery``."""
+    fields: dict[bytes, bytes] = redis.hgetall(Job.key_for(job_id))  # type: ignore[assignment]
+    older = {
+        name: value.replace(b"relay.worker.job.", b"relay.delivery.")
+        for name, value in fields.items()
+        if b"relay.worker.job." in value
+    }
+    assert b"data" in older  # the job's function
+    redis.hset(Job.key_for(job_id), mapping=older)  # type: ignore[arg-type]
+    stored = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    assert stored.func_name == "relay.delivery.deliver"
+
+
+async def test_a_run_queued_under_the_former_job_path_still_runs(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    client = await aiohttp_client(create_app(settings, config))
+    _, body = await post(client, "website-form", FORM)
+    [job] = body["jobs"]
+    as_an_older_relay_stored_it(redis, job["job_id"])
+    drain_queue(settings)
+    assert [run["status"] for run in sandbox.runs()] == [201]
+    [run] = (await event(client, body["event_id"]))["runs"]
+    assert (run["status"], run["attempts"]) == ("succeeded", 1)
+
+
+async def test_a_dead_letter_stored_under_the_former_job_path_replays(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    client = await aiohttp_client(create_app(settings, config))
+    _, body = await post(client, "website-form", FORM)
+    [job] = body["jobs"]
+    as_an_older_relay_stored_it(redis, job["job_id"])
+    sandbox.fail(400, 1)  # refused: dead-lettered at once, through the former path's failure callback
+    drain_queue(settings)
+    [run] = (await event(client, body["event_id"]))["runs"]
+    assert run["status"] == "dead_lettered"
+
+    assert replay(redis, settings, config, job["job_id"]).replayed
+    drain_queue(settings)
+    assert [run["status"] for run in sandbox.runs()] == [400, 201]
+    [run] = (await event(client, body["event_id"]))["runs"]
+    assert (run["status"], run["attempts"]) == ("succeeded", 2)
