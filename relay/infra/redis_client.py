@@ -25,7 +25,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from relay.errors import RedisUnavailable
-from relay.settings import Settings, parse_host_port
+from relay.redis_settings import parse_host_port
+from relay.settings import Settings
 
 STARTUP_TIMEOUT_S = 5.0
 _MASK = "***"
