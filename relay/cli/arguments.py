@@ -1,0 +1,22 @@
+"""Argument types the commands share: positive counts and points in time."""
+
+from __future__ import annotations
+
+import argparse
+
+from relay.outcome.deadletters import parse_time
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def time_arg(text: str) -> float:
+    """Epoch seconds from ISO-8601, epoch seconds or a duration ago (``30m``, ``2h``, ``7d``)."""
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
