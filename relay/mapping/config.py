@@ -6,14 +6,10 @@ and the field, so ``relay check`` can list them all at once.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jmespath
 import yaml
-from jmespath.exceptions import JMESPathError
-from jmespath.parser import ParsedResult
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -23,33 +19,14 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from relay.errors import ConfigError, ConfigProblem
+from relay.mapping.expressions import Expression, Locator, check_expression
 from relay.mapping.schemes import Verification
 from relay.settings import DEFAULT_ACCOUNT
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-
-
-@lru_cache(maxsize=4096)
-def compile_expression(expression: str) -> ParsedResult:
-    """Compile a JMESPath expression once; raises JMESPathError when it does not parse."""
-    return jmespath.compile(expression)
-
-
-def _check_expression(expression: str) -> str:
-    try:
-        compile_expression(expression)
-    except JMESPathError as exc:
-        raise ValueError(f"invalid JMESPath expression {expression!r}: {exc}") from None
-    except RecursionError:  # JMESPath's parser recurses once per nesting level
-        raise ValueError(f"JMESPath expression {expression[:40]!r}... is nested too deeply") from None
-    return expression
-
-
-Expression = Annotated[str, Field(min_length=1)]
 
 
 class RetryOverride(BaseModel):
@@ -65,21 +42,6 @@ class RetryOverride(BaseModel):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Locator(_Strict):
-    """Where a value is found in a request: a JMESPath ``path`` into the body, or a ``header``."""
-
-    path: Expression | None = None
-    header: str | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Locator:
-        if (self.path is None) == (self.header is None):
-            raise ValueError("give exactly one of `path` (JMESPath into the body) or `header`")
-        if self.path is not None:
-            _check_expression(self.path)
-        return self
 
 
 Reply = Literal["json", "salesforce-ack", "twiml"]
@@ -120,7 +82,7 @@ class Source(_Strict):
     @field_validator("batch")
     @classmethod
     def _batch_compiles(cls, batch: str | None) -> str | None:
-        return None if batch is None else _check_expression(batch)
+        return None if batch is None else check_expression(batch)
 
 
 class PathValue(_Strict):
@@ -133,7 +95,7 @@ class PathValue(_Strict):
     @field_validator("path")
     @classmethod
     def _compiles(cls, path: str) -> str:
-        return _check_expression(path)
+        return check_expression(path)
 
 
 class LiteralValue(_Strict):
@@ -192,7 +154,7 @@ class Route(_Strict):
     @field_validator("when")
     @classmethod
     def _when_compiles(cls, when: str | None) -> str | None:
-        return None if when is None else _check_expression(when)
+        return None if when is None else check_expression(when)
 
     @field_validator("payload", mode="before")
     @classmethod

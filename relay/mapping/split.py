@@ -14,7 +14,7 @@ from typing import Any
 
 from relay.errors import MalformedBody
 from relay.mapping.config import Source
-from relay.mapping.routes import locate, search
+from relay.mapping.expressions import locate, search
 
 
 @dataclass(frozen=True)
