@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from relay.errors import DeadLetterError
 from relay.ingress.answers import error_response
-from relay.ingress.signatures import sent
+from relay.ingress.checks.request import sent
 from relay.ingress.state import CONFIG, REDIS, SETTINGS, in_thread
 from relay.outcome.deadletters import (
     DeadLetterFilter,

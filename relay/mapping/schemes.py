@@ -7,8 +7,6 @@ rotated without downtime (every listed secret is accepted).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, IPvAnyNetwork, Tag, model_validator
@@ -126,18 +124,3 @@ Verification = Annotated[
         custom_error_message=f"`scheme` must be one of: {', '.join(SCHEME_NAMES)}",
     ),
 ]
-
-
-@dataclass(frozen=True)
-class HookRequest:
-    """What verification sees of a request: the raw bytes, before anything is parsed.
-
-    ``url`` is the public URL the sender addressed (behind a load balancer, not the one the relay saw);
-    ``headers`` look names up case-insensitively.
-    """
-
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: bytes = field(repr=False)
-    client_ip: str | None
