@@ -20,9 +20,9 @@ from relay.ingress.answers import described, error_response, json_response
 from relay.ingress.checks.request import HookRequest
 from relay.ingress.origin import client_ip, public_url
 from relay.ingress.state import CONFIG, METRICS, REDIS, SETTINGS, STORE, VERIFIERS, in_thread
-from relay.mapping.config import Source
 from relay.mapping.parse import parse_body
 from relay.mapping.routes import map_event
+from relay.mapping.sources import Source
 from relay.mapping.split import split_events
 from relay.queue import records as outcome
 from relay.queue.records import EventStatus

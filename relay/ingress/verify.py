@@ -2,7 +2,7 @@
 
 ``build_verifiers`` resolves every source's secrets from the environment once, at start-up; a
 SourceVerifier then checks each request against all of its source's schemes. The check behind each scheme
-is in ``relay.ingress.checks``; the schemes a source can name, as config data, in ``relay.mapping.schemes``.
+is in ``relay.ingress.checks``; the schemes a source can name, as config data, in ``relay.mapping.sources``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from relay.ingress.checks.hmac_header import HMAC_VENDORS, Hmac, check_hmac
 from relay.ingress.checks.request import HookRequest
 from relay.ingress.checks.unsigned import check_basic, check_ip, check_token
 from relay.ingress.checks.vendors import check_hubspot, check_stamped, check_standard_webhooks, check_twilio
-from relay.mapping.config import Source
-from relay.mapping.schemes import (
+from relay.mapping.sources import (
     BasicAuth,
     HmacSignature,
     IpAllowList,
+    Source,
     StaticToken,
     VendorSignature,
     Verification,

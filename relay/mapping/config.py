@@ -1,13 +1,14 @@
 """The mapping config: which sources the relay accepts and which PHLO runs their events become.
 
-Loaded from YAML and validated with pydantic; every problem is reported with the file, the route (or source)
-and the field, so ``relay check`` can list them all at once.
+Here the routes' schema, the whole config's and its loading; a source's schema is in ``sources``. Loaded
+from YAML and validated with pydantic; every problem is reported with the file, the route (or source) and
+the field, so ``relay check`` can list them all at once.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -22,8 +23,8 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError, ConfigProblem
-from relay.mapping.expressions import Expression, Locator, check_expression
-from relay.mapping.schemes import Verification
+from relay.mapping.expressions import Expression, check_expression
+from relay.mapping.sources import Source
 from relay.settings import DEFAULT_ACCOUNT
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -42,47 +43,6 @@ class RetryOverride(BaseModel):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-Reply = Literal["json", "salesforce-ack", "twiml"]
-
-
-class Source(_Strict):
-    """A sender, reached at ``POST /hooks/{name}``: how it is verified, and how its requests read."""
-
-    verify: list[Verification] = Field(
-        default_factory=list, description="schemes the request must pass, all of them (none: any sender)"
-    )
-    event_id: Locator | None = Field(
-        default=None, description="the sender's event id, for duplicates; without it, a body digest"
-    )
-    event_type: Locator | None = None
-    batch: Expression | None = Field(
-        default=None, description="JMESPath to the list of events a request carries; each is one event"
-    )
-    json_fields: list[str] = Field(
-        default_factory=list, description="form fields holding JSON text, decoded in place (Jotform)"
-    )
-    form_document_field: str | None = Field(
-        default=None, description="in a form body, the field holding the whole JSON document (GitHub)"
-    )
-    ping_events: list[str] = Field(
-        default_factory=list, description="event types answered 200 without routing (GitHub's ping)"
-    )
-    reply: Reply = Field(default="json", description="what a stored event is answered with")
-    dedupe_window_s: int | None = Field(
-        default=None, ge=0, description="how long a repeat is a duplicate (default: settings; 0: never)"
-    )
-
-    @field_validator("verify", mode="before")
-    @classmethod
-    def _one_or_many(cls, raw: Any) -> Any:
-        return [raw] if isinstance(raw, dict) else raw
-
-    @field_validator("batch")
-    @classmethod
-    def _batch_compiles(cls, batch: str | None) -> str | None:
-        return None if batch is None else check_expression(batch)
 
 
 class PathValue(_Strict):

@@ -21,7 +21,7 @@ from relay.ingress.checks.request import (
     require_match,
     sent,
 )
-from relay.mapping.schemes import DEFAULT_TOLERANCE_S
+from relay.mapping.sources import DEFAULT_TOLERANCE_S
 
 _PLACEHOLDER = re.compile(r"\{(body|timestamp|method|url)\}")
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 from relay.errors import VerificationFailed
 from relay.ingress.checks.request import HookRequest, Keys, decode, header, malformed, sent, split_url
-from relay.mapping.schemes import StaticToken
+from relay.mapping.sources import StaticToken
 
 
 def _equal_any(keys: Keys, given: bytes) -> bool:
