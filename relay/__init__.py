@@ -3,8 +3,9 @@
 The data path, one module a step, in the order a webhook travels:
 
 1. ``ingress``   aiohttp app: ``POST /hooks/{source}``, ``GET /events/{event_id}``
-2. ``verify``    the sender's signature (or token, Basic auth, IP allow-list) on the raw bytes;
-                 ``schemes`` holds what a source can configure, ``origin`` the public URL and client address
+2. ``verify``    the sender's signature (or token, Basic auth, IP allow-list) on the raw bytes, with
+                 ``checks`` (one module per family of schemes); ``sources`` holds what a source can
+                 configure, ``origin`` the public URL and client address
 3. ``parse``     request body (JSON, form, multipart, XML) to one event document
 4. ``events``    a document to its events (batches split), each with its id and duplicate key
 5. ``config``    the mapping config: sources and routes, validated with pydantic

@@ -16,8 +16,9 @@ from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from relay.errors import DeadLetterError
-from relay.ingress.app import CONFIG, REDIS, SETTINGS, error_response, in_thread
-from relay.ingress.signatures import sent
+from relay.ingress.answers import error_response
+from relay.ingress.checks.request import sent
+from relay.ingress.state import CONFIG, REDIS, SETTINGS, in_thread
 from relay.outcome.deadletters import (
     DeadLetterFilter,
     Target,

@@ -13,7 +13,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
-from relay.ingress.app import CONFIG, METRICS, READINESS, REDIS, SETTINGS, STORE, in_thread, json_response
+from relay.ingress.answers import json_response
+from relay.ingress.state import CONFIG, METRICS, READINESS, REDIS, SETTINGS, STORE, in_thread
 from relay.queue.gauges import scrape_registry
 
 READY_PING_TIMEOUT_S = 1.0

@@ -17,7 +17,8 @@ import signal
 from aiohttp import web
 
 from relay.infra.logs import AccessLogger
-from relay.ingress.app import READINESS, Readiness, create_app
+from relay.ingress.app import create_app
+from relay.ingress.state import READINESS, Readiness
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings
 

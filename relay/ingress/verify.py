@@ -1,8 +1,8 @@
 """Check that a request comes from its source's sender, with the schemes the config names.
 
 ``build_verifiers`` resolves every source's secrets from the environment once, at start-up; a
-SourceVerifier then checks each request against all of its source's schemes. The scheme checks themselves
-are in ``relay.ingress.signatures``.
+SourceVerifier then checks each request against all of its source's schemes. The check behind each scheme
+is in ``relay.ingress.checks``; the schemes a source can name, as config data, in ``relay.mapping.sources``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from relay.errors import ConfigError, ConfigProblem
-from relay.ingress import signatures
-from relay.mapping.config import Source
-from relay.mapping.schemes import (
+from relay.ingress.checks.hmac_header import HMAC_VENDORS, Hmac, check_hmac
+from relay.ingress.checks.request import HookRequest
+from relay.ingress.checks.unsigned import check_basic, check_ip, check_token
+from relay.ingress.checks.vendors import check_hubspot, check_stamped, check_standard_webhooks, check_twilio
+from relay.mapping.sources import (
     BasicAuth,
     HmacSignature,
-    HookRequest,
     IpAllowList,
+    Source,
     StaticToken,
     VendorSignature,
     Verification,
@@ -49,31 +51,31 @@ def _check(scheme: Verification, keys: Keys, request: HookRequest, now_s: float)
     if isinstance(scheme, VendorSignature):
         _check_vendor(scheme, keys, request, now_s)
     elif isinstance(scheme, HmacSignature):
-        spec = signatures.Hmac(**scheme.model_dump(exclude={"scheme", "secrets"}))
-        signatures.check_hmac(spec, keys, request, now_s)
+        spec = Hmac(**scheme.model_dump(exclude={"scheme", "secrets"}))
+        check_hmac(spec, keys, request, now_s)
     elif isinstance(scheme, BasicAuth):
-        signatures.check_basic(keys, request)
+        check_basic(keys, request)
     elif isinstance(scheme, StaticToken):
-        signatures.check_token(scheme, keys, request)
+        check_token(scheme, keys, request)
     else:
-        signatures.check_ip(scheme.networks, request.client_ip)
+        check_ip(scheme.networks, request.client_ip)
 
 
 def _check_vendor(scheme: VendorSignature, keys: Keys, request: HookRequest, now_s: float) -> None:
     name, tolerance_s = scheme.scheme, scheme.tolerance_s
-    if name in signatures.HMAC_VENDORS:
-        spec = replace(signatures.HMAC_VENDORS[name], tolerance_s=tolerance_s)
-        signatures.check_hmac(spec, keys, request, now_s)
+    if name in HMAC_VENDORS:
+        spec = replace(HMAC_VENDORS[name], tolerance_s=tolerance_s)
+        check_hmac(spec, keys, request, now_s)
     elif name in _STANDARD_WEBHOOKS:
-        signatures.check_standard_webhooks(name == "svix", tolerance_s, keys, request, now_s)
+        check_standard_webhooks(name == "svix", tolerance_s, keys, request, now_s)
     elif name == "stripe":
-        signatures.check_stamped("Stripe-Signature", tolerance_s, keys, request, now_s)
+        check_stamped("Stripe-Signature", tolerance_s, keys, request, now_s)
     elif name == "calendly":
-        signatures.check_stamped("Calendly-Webhook-Signature", tolerance_s, keys, request, now_s)
+        check_stamped("Calendly-Webhook-Signature", tolerance_s, keys, request, now_s)
     elif name == "hubspot-v1" or name == "hubspot-v2":
-        signatures.check_hubspot("v1" if name == "hubspot-v1" else "v2", keys, request)
+        check_hubspot("v1" if name == "hubspot-v1" else "v2", keys, request)
     else:
-        signatures.check_twilio(keys, request)
+        check_twilio(keys, request)
 
 
 def _key(scheme: Verification, secret: str) -> bytes | None:

@@ -1,19 +1,16 @@
 """The mapping config: which sources the relay accepts and which PHLO runs their events become.
 
-Loaded from YAML and validated with pydantic; every problem is reported with the file, the route (or source)
-and the field, so ``relay check`` can list them all at once.
+Here the routes' schema, the whole config's and its loading; a source's schema is in ``sources``. Loaded
+from YAML and validated with pydantic; every problem is reported with the file, the route (or source) and
+the field, so ``relay check`` can list them all at once.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import jmespath
 import yaml
-from jmespath.exceptions import JMESPathError
-from jmespath.parser import ParsedResult
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -23,33 +20,14 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from relay.errors import ConfigError, ConfigProblem
-from relay.mapping.schemes import Verification
+from relay.mapping.expressions import Expression, check_expression
+from relay.mapping.sources import Source
 from relay.settings import DEFAULT_ACCOUNT
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-
-
-@lru_cache(maxsize=4096)
-def compile_expression(expression: str) -> ParsedResult:
-    """Compile a JMESPath expression once; raises JMESPathError when it does not parse."""
-    return jmespath.compile(expression)
-
-
-def _check_expression(expression: str) -> str:
-    try:
-        compile_expression(expression)
-    except JMESPathError as exc:
-        raise ValueError(f"invalid JMESPath expression {expression!r}: {exc}") from None
-    except RecursionError:  # JMESPath's parser recurses once per nesting level
-        raise ValueError(f"JMESPath expression {expression[:40]!r}... is nested too deeply") from None
-    return expression
-
-
-Expression = Annotated[str, Field(min_length=1)]
 
 
 class RetryOverride(BaseModel):
@@ -67,62 +45,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Locator(_Strict):
-    """Where a value is found in a request: a JMESPath ``path`` into the body, or a ``header``."""
-
-    path: Expression | None = None
-    header: str | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Locator:
-        if (self.path is None) == (self.header is None):
-            raise ValueError("give exactly one of `path` (JMESPath into the body) or `header`")
-        if self.path is not None:
-            _check_expression(self.path)
-        return self
-
-
-Reply = Literal["json", "salesforce-ack", "twiml"]
-
-
-class Source(_Strict):
-    """A sender, reached at ``POST /hooks/{name}``: how it is verified, and how its requests read."""
-
-    verify: list[Verification] = Field(
-        default_factory=list, description="schemes the request must pass, all of them (none: any sender)"
-    )
-    event_id: Locator | None = Field(
-        default=None, description="the sender's event id, for duplicates; without it, a body digest"
-    )
-    event_type: Locator | None = None
-    batch: Expression | None = Field(
-        default=None, description="JMESPath to the list of events a request carries; each is one event"
-    )
-    json_fields: list[str] = Field(
-        default_factory=list, description="form fields holding JSON text, decoded in place (Jotform)"
-    )
-    form_document_field: str | None = Field(
-        default=None, description="in a form body, the field holding the whole JSON document (GitHub)"
-    )
-    ping_events: list[str] = Field(
-        default_factory=list, description="event types answered 200 without routing (GitHub's ping)"
-    )
-    reply: Reply = Field(default="json", description="what a stored event is answered with")
-    dedupe_window_s: int | None = Field(
-        default=None, ge=0, description="how long a repeat is a duplicate (default: settings; 0: never)"
-    )
-
-    @field_validator("verify", mode="before")
-    @classmethod
-    def _one_or_many(cls, raw: Any) -> Any:
-        return [raw] if isinstance(raw, dict) else raw
-
-    @field_validator("batch")
-    @classmethod
-    def _batch_compiles(cls, batch: str | None) -> str | None:
-        return None if batch is None else _check_expression(batch)
-
-
 class PathValue(_Strict):
     """A payload value taken from the event with a JMESPath expression."""
 
@@ -133,7 +55,7 @@ class PathValue(_Strict):
     @field_validator("path")
     @classmethod
     def _compiles(cls, path: str) -> str:
-        return _check_expression(path)
+        return check_expression(path)
 
 
 class LiteralValue(_Strict):
@@ -192,7 +114,7 @@ class Route(_Strict):
     @field_validator("when")
     @classmethod
     def _when_compiles(cls, when: str | None) -> str | None:
-        return None if when is None else _check_expression(when)
+        return None if when is None else check_expression(when)
 
     @field_validator("payload", mode="before")
     @classmethod

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from jmespath.exceptions import JMESPathError
-
-from relay.errors import MalformedHeader, MappingError
-from relay.mapping.config import LiteralValue, Locator, RelayConfig, RetryOverride, Route, compile_expression
+from relay.errors import MappingError
+from relay.mapping.config import LiteralValue, RelayConfig, RetryOverride, Route
+from relay.mapping.expressions import is_missing, search
 
 
 @dataclass(frozen=True)
@@ -48,19 +46,6 @@ class MappedEvent:
         return not self.runs and not self.failures
 
 
-def search(expression: str, document: Any) -> Any:
-    """Evaluate a (validated) JMESPath expression; an evaluation error counts as no value."""
-    try:
-        return compile_expression(expression).search(document)
-    except JMESPathError:
-        return None
-    # On some documents JMESPath's functions raise plain Python errors: floor() of an infinity
-    # (OverflowError), a zero slice step (ValueError), merge() of a number (TypeError), a long pipe
-    # (RecursionError). The sender's document must not turn them into a 500.
-    except (ArithmeticError, TypeError, ValueError, RecursionError):
-        return None
-
-
 def _is_json(value: Any) -> bool:
     """Whether the runner's request body can carry it, nested values included."""
     try:
@@ -70,34 +55,6 @@ def _is_json(value: Any) -> bool:
     except TypeError:  # `&a` evaluates to an expression reference, a JMESPath object
         return False
     return True
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or value == ""
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None and not value.isascii():
-        try:  # aiohttp decodes bytes that are not UTF-8 to lone surrogates, which nothing can store
-            value.encode()
-        except UnicodeEncodeError:
-            raise MalformedHeader(f"header {name} is not valid UTF-8") from None
-    return value
-
-
-def locate(locator: Locator | None, document: Any, headers: Mapping[str, str]) -> str | None:
-    """The value a locator points at, as text, or None when absent; MalformedHeader when not UTF-8."""
-    if locator is None:
-        return None
-    value = (
-        _header(headers, locator.header)
-        if locator.header is not None
-        else search(str(locator.path), document)
-    )
-    if _is_missing(value) or not isinstance(value, str | int | float):  # objects, lists, `&a`
-        return None
-    return str(value)
 
 
 def route_matches(route: Route, event_type: str | None, document: Any) -> bool:
@@ -117,7 +74,7 @@ def build_payload(route: Route, document: Any) -> dict[str, Any]:
             value = spec.value
         else:
             value = search(spec.path, document)
-            if _is_missing(value):
+            if is_missing(value):
                 if spec.default is not None:
                     value = spec.default
                 elif spec.required:

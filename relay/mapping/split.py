@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import MalformedBody
-from relay.mapping.config import Source
-from relay.mapping.routes import locate, search
+from relay.mapping.expressions import locate, search
+from relay.mapping.sources import Source
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from bench.signing import (
     write_wrk_data,
 )
 from relay.errors import VerificationFailed
+from relay.ingress.checks.request import HookRequest
 from relay.ingress.verify import build_verifiers
 from relay.mapping.config import parse_config
 from relay.mapping.parse import parse_body
 from relay.mapping.routes import map_event
-from relay.mapping.schemes import HookRequest
 from relay.mapping.split import split_events
 
 

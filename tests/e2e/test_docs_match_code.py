@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from relay.cli import build_parser
-from relay.mapping.config import Source
-from relay.mapping.schemes import SCHEME_NAMES
+from relay.mapping.sources import SCHEME_NAMES, Source
 from relay.settings import Settings, env_name
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")

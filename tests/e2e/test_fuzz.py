@@ -32,8 +32,9 @@ from relay.errors import ConfigError, IngressRefused
 from relay.infra.serving import AppThread
 from relay.ingress.app import create_app
 from relay.mapping.config import parse_config
+from relay.mapping.expressions import locate
 from relay.mapping.parse import MAX_DEPTH, parse_body
-from relay.mapping.routes import locate, map_event
+from relay.mapping.routes import map_event
 from relay.settings import Settings, load_settings
 from tests.conftest import KNOWN_PHLO, check_for_leaks, watch_secrets
 

@@ -35,8 +35,8 @@ from relay.dev.redis_server import free_port
 from relay.infra.serving import AppThread
 from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig, parse_config
-from relay.mapping.parse import FORM_TYPE
-from relay.mapping.schemes import SCHEME_NAMES
+from relay.mapping.form_bodies import FORM_TYPE
+from relay.mapping.sources import SCHEME_NAMES
 from relay.settings import Settings
 from tests.conftest import (
     KNOWN_PHLO,

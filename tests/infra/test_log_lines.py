@@ -42,7 +42,8 @@ from relay.infra.logs import (
     register_secrets,
     settings_secrets,
 )
-from relay.ingress.app import EXECUTOR, create_app, in_thread
+from relay.ingress.app import create_app
+from relay.ingress.state import EXECUTOR, in_thread
 from relay.mapping.config import load_config
 from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
 from relay.settings import PlivoAccount, Settings, load_settings

@@ -18,7 +18,8 @@ import pytest
 from redis import Redis
 
 from relay.dev.redis_server import free_port
-from relay.ingress.app import SALESFORCE_ACK, create_app
+from relay.ingress.app import create_app
+from relay.ingress.hooks import SALESFORCE_ACK
 from relay.mapping.config import RelayConfig, parse_config
 from relay.queue.jobs import relay_queue
 from relay.settings import Settings

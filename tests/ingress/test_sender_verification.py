@@ -25,9 +25,9 @@ from svix.webhooks import Webhook as SvixWebhook
 from twilio.request_validator import RequestValidator
 
 from relay.errors import ConfigError, ConfigProblem, VerificationFailed
+from relay.ingress.checks.request import HookRequest
 from relay.ingress.verify import SourceVerifier, build_verifiers
-from relay.mapping.config import Source
-from relay.mapping.schemes import HookRequest
+from relay.mapping.sources import Source
 from tests.conftest import watch_secrets
 
 NOW = 1_700_000_000

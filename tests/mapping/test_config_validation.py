@@ -12,7 +12,8 @@ import pytest
 
 from relay.errors import ConfigError, ConfigProblem
 from relay.mapping.config import LiteralValue, PathValue, RelayConfig, load_config, parse_config
-from relay.mapping.routes import locate, map_event
+from relay.mapping.expressions import locate
+from relay.mapping.routes import map_event
 
 FILE = "routes.yaml"
 CONFIG_DIR = Path(__file__).parents[2] / "config"

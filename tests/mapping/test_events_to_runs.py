@@ -8,8 +8,9 @@ import pytest
 from multidict import CIMultiDict
 
 from relay.errors import MalformedHeader
-from relay.mapping.config import Locator, RelayConfig, parse_config
-from relay.mapping.routes import PlannedRun, UnmappedRun, locate, map_event
+from relay.mapping.config import RelayConfig, parse_config
+from relay.mapping.expressions import Locator, locate
+from relay.mapping.routes import PlannedRun, UnmappedRun, map_event
 
 FROM = "+14155550100"
 

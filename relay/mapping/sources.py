@@ -1,17 +1,27 @@
-"""How a source proves who sent a request: the verification schemes a source can name in the config.
+"""A source in the mapping config: how its sender is verified, and how its requests read.
 
-These are plain data; ``relay.ingress.verify`` checks a request against them. Secrets are never in the
-config: a scheme names the environment variables that hold them, several at once so that a secret can be
-rotated without downtime (every listed secret is accepted).
+The verification schemes are plain data here; ``relay.ingress.verify`` checks a request against them, with
+the check behind each scheme in ``relay.ingress.checks``. Secrets are never in the config: a scheme names
+the environment variables that hold them, several at once so that a secret can be rotated without downtime
+(every listed secret is accepted).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, IPvAnyNetwork, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    IPvAnyNetwork,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from relay.mapping.expressions import Expression, Locator, check_expression
 
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Secrets = Annotated[list[EnvName], Field(min_length=1, description="environment variables holding secrets")]
@@ -128,16 +138,44 @@ Verification = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class HookRequest:
-    """What verification sees of a request: the raw bytes, before anything is parsed.
+Reply = Literal["json", "salesforce-ack", "twiml"]
 
-    ``url`` is the public URL the sender addressed (behind a load balancer, not the one the relay saw);
-    ``headers`` look names up case-insensitively.
-    """
 
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: bytes = field(repr=False)
-    client_ip: str | None
+class Source(BaseModel):
+    """A sender, reached at ``POST /hooks/{name}``: how it is verified, and how its requests read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verify: list[Verification] = Field(
+        default_factory=list, description="schemes the request must pass, all of them (none: any sender)"
+    )
+    event_id: Locator | None = Field(
+        default=None, description="the sender's event id, for duplicates; without it, a body digest"
+    )
+    event_type: Locator | None = None
+    batch: Expression | None = Field(
+        default=None, description="JMESPath to the list of events a request carries; each is one event"
+    )
+    json_fields: list[str] = Field(
+        default_factory=list, description="form fields holding JSON text, decoded in place (Jotform)"
+    )
+    form_document_field: str | None = Field(
+        default=None, description="in a form body, the field holding the whole JSON document (GitHub)"
+    )
+    ping_events: list[str] = Field(
+        default_factory=list, description="event types answered 200 without routing (GitHub's ping)"
+    )
+    reply: Reply = Field(default="json", description="what a stored event is answered with")
+    dedupe_window_s: int | None = Field(
+        default=None, ge=0, description="how long a repeat is a duplicate (default: settings; 0: never)"
+    )
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _one_or_many(cls, raw: Any) -> Any:
+        return [raw] if isinstance(raw, dict) else raw
+
+    @field_validator("batch")
+    @classmethod
+    def _batch_compiles(cls, batch: str | None) -> str | None:
+        return None if batch is None else check_expression(batch)
