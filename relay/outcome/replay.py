@@ -20,7 +20,7 @@ from relay.mapping.config import RelayConfig
 from relay.mapping.routes import PlannedRun, build_payload
 from relay.outcome.deadletters import Target, dead_job, failed_registry, letter_of, target_ids
 from relay.queue import records
-from relay.queue.jobs import relay_queue, run_job_data
+from relay.queue.jobs import failure_reason, relay_queue, run_job_data
 from relay.queue.records import EventRecord, RunOutcome, RunStatus, Step
 from relay.queue.retry import RetryPolicy
 from relay.settings import Settings
@@ -69,7 +69,7 @@ def replay(redis: Redis, settings: Settings, config: RelayConfig, job_id: str) -
                 redis, record.event_id, run, step, settings.outcome_ttl_s, last_error=exc.message
             )
         # What dashboards and listings show as the reason becomes the current one.
-        Result.create_failure(job, settings.dead_letter_ttl_s, f"MappingError: {exc} (on replay)")
+        Result.create_failure(job, settings.dead_letter_ttl_s, f"{failure_reason(exc)} (on replay)")
         return ReplayResult(job_id=job_id, replayed=False, reason=f"still cannot be mapped: {exc.message}")
     planned = PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry)
     return _requeue(redis, settings, job, record, planned)

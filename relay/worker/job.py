@@ -33,11 +33,11 @@ from relay.errors import (
     SettingsError,
 )
 from relay.infra.logs import bind
-from relay.infra.metrics import RelayMetrics
+from relay.infra.metrics import DeadLetterReason, RelayMetrics
 from relay.queue import records as outcome
 from relay.queue.jobs import DELIVER_FUNC, job_id_for
 from relay.queue.records import RunOutcome, RunStatus, Step
-from relay.queue.retry import RetryPolicy, retry_delay_s
+from relay.queue.retry import GiveUp, RetryPolicy, next_attempt
 from relay.runner.breaker import BreakerState
 from relay.runner.client import RunResult
 from relay.settings import PlivoAccount, Settings
@@ -112,7 +112,7 @@ class _Delivery:
     def pause(self, pause: DeliveryPaused) -> None:
         now = time.time()
         if now + pause.delay_s > self.policy.deadline_at:
-            self.give_up(f"{pause.reason}, and its maximum age would pass first", "max_age")
+            self.give_up(f"{pause.reason}, and its maximum age would pass first", DeadLetterReason.MAX_AGE)
             return
         self._schedule(pause.delay_s)
         self.metrics.runs.labels(self.run.route, "waiting").inc()
@@ -126,8 +126,8 @@ class _Delivery:
             extra={"outcome": RunStatus.WAITING.value, "retry_in_s": round(pause.delay_s, 1)},
         )
 
-    def give_up(self, reason: str, why: str, **changes: Any) -> None:
-        """Dead-letter the run; ``why`` is the metrics' reason (rejected, attempts, max_age, ...)."""
+    def give_up(self, reason: str, why: DeadLetterReason, **changes: Any) -> None:
+        """Dead-letter the run: ``reason`` is its error, ``why`` the metrics' label."""
         self._schedule(None)
         self.metrics.runs.labels(self.run.route, "dead_lettered").inc()
         self.metrics.dead_letters.labels(self.run.route, why).inc()
@@ -154,14 +154,12 @@ class _Delivery:
     ) -> None:
         """Record a failed attempt; schedule the retry, or dead-letter the run."""
         now = time.time()
-        if permanent:
-            delay_s, why = None, "the runner refused it; retrying cannot help"
-        else:
-            delay_s, why = retry_delay_s(self.policy, self.run.attempts, now, retry_after_s)
-        if delay_s is None:
-            reason = "rejected" if permanent else "attempts" if "attempts left" in why else "max_age"
-            self.give_up(f"{error} ({why})", reason, http_status=http_status, ambiguous=ambiguous)
+        decision = next_attempt(self.policy, self.run.attempts, now, retry_after_s, permanent=permanent)
+        if isinstance(decision, GiveUp):
+            reason = f"{error} ({decision.why})"
+            self.give_up(reason, decision.reason, http_status=http_status, ambiguous=ambiguous)
             return
+        delay_s = decision.delay_s
         self._schedule(delay_s)
         self.metrics.runs.labels(self.run.route, "retried").inc()
         retry_reason = f"http_{http_status}" if http_status else "timeout" if ambiguous else "unreachable"
@@ -198,7 +196,7 @@ class _Delivery:
         now = time.time()
         made = self.run.attempts - self.policy.attempts_before
         if made > self.policy.attempts or now > self.policy.deadline_at:
-            self.give_up(f"{reason}; no attempts left", "interrupted", ambiguous=True)
+            self.give_up(f"{reason}; no attempts left", DeadLetterReason.INTERRUPTED, ambiguous=True)
             return
         self._schedule(0)
         self.metrics.runs.labels(self.run.route, "retried").inc()
@@ -233,11 +231,6 @@ class _Delivery:
             elapsed_ms=round(result.elapsed_ms, 1),
             last_error=None,
         )
-
-
-def _job_policy(raw: dict[str, Any] | None, settings: Settings) -> RetryPolicy:
-    """The retry policy a job carries; a job queued without one gets the settings' policy from now."""
-    return RetryPolicy.from_job_kwarg(raw) if raw else RetryPolicy.resolve(settings, None, time.time())
 
 
 def deliver(
@@ -276,11 +269,11 @@ def deliver(
             job.retries_left = 0
         raise DeadLetterError(f"run {job_id} was dead-lettered already: {run.last_error}")
     delivery = _Delivery(
-        context.redis, settings, context.metrics, event_id, job, _job_policy(policy, settings), run
+        context.redis, settings, context.metrics, event_id, job, RetryPolicy.of_job(policy, settings), run
     )
     credentials = settings.account(account)
     if credentials is None:
-        delivery.give_up(f"no credentials for Plivo account {account!r}", "credentials")
+        delivery.give_up(f"no credentials for Plivo account {account!r}", DeadLetterReason.CREDENTIALS)
         raise SettingsError(f"no credentials for Plivo account {account!r}")
     try:
         probe = _admit(context, account, credentials, breaker.allowed(allow_reply))
@@ -362,7 +355,7 @@ def on_failure(
     if run is None:
         return
     context = current_context()
-    policy = _job_policy(job.kwargs.get("policy"), context.settings)
+    policy = RetryPolicy.of_job(job.kwargs.get("policy"), context.settings)
     delivery = _Delivery(connection, context.settings, context.metrics, event_id, job, policy, run)
     if run.status is RunStatus.RUNNING:  # it died with the request possibly out
         with bind(job_id=job.id, event_id=event_id, route=run.route, source=job.meta.get("source")):

@@ -27,12 +27,12 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from relay import keys
-from relay.errors import RelayError
 from relay.infra.logs import bind
 from relay.infra.metrics import RelayMetrics
 from relay.infra.redis_client import connect
 from relay.infra.supervisor import Child, supervise
 from relay.queue.gauges import scrape_registry
+from relay.queue.jobs import failure_reason_of
 from relay.runner.breaker import CircuitBreaker
 from relay.runner.client import RunnerClient
 from relay.runner.ratelimit import AccountRateLimit
@@ -69,7 +69,6 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 return requeued
 """
-_RELAY_ERRORS = f"{RelayError.__module__}."  # how a traceback's last line names the relay's exceptions
 # A run whose worker dies is found once its RQ execution entry expires: the job timeout plus this.
 ABANDONED_GRACE_S = 5
 
@@ -210,11 +209,7 @@ class RelayWorker(SimpleWorker):
         exc_string: str = "",
         execution: Execution | None = None,
     ) -> None:
-        # A relay error is an outcome with a reason of its own (the runner's answer, the attempts spent):
-        # rq-dashboard and relay dlq show that line, not a traceback with this machine's paths in it.
-        last_line = exc_string.rstrip().rpartition("\n")[2]
-        if last_line.startswith(_RELAY_ERRORS):
-            exc_string = last_line.removeprefix(_RELAY_ERRORS)
+        exc_string = failure_reason_of(exc_string)
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
