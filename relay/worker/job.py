@@ -9,20 +9,16 @@ failed registry: the dead letters dashboards show. Every step is appended to the
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from redis import Redis
-from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
-from relay import keys
 from relay.errors import (
     DeadLetterError,
     DeliveryPaused,
@@ -33,15 +29,15 @@ from relay.errors import (
     SettingsError,
 )
 from relay.infra.logs import bind
-from relay.infra.metrics import DeadLetterReason, RelayMetrics
-from relay.queue import records as outcome
+from relay.infra.metrics import DeadLetterReason
+from relay.queue import records
 from relay.queue.jobs import DELIVER_FUNC, job_id_for
-from relay.queue.records import RunOutcome, RunStatus, Step
-from relay.queue.retry import GiveUp, RetryPolicy, next_attempt
+from relay.queue.records import RunOutcome, RunStatus
+from relay.queue.retry import RetryPolicy
 from relay.runner.breaker import BreakerState
-from relay.runner.client import RunResult
-from relay.settings import PlivoAccount, Settings
+from relay.settings import PlivoAccount
 from relay.worker.loop import WorkerContext, current_context
+from relay.worker.runs import RunKeeper
 
 log = logging.getLogger(__name__)
 
@@ -71,168 +67,6 @@ def _admit(context: WorkerContext, account: str, credentials: PlivoAccount, stat
     return state.state == "half_open"
 
 
-@dataclass
-class _Delivery:
-    """One run's outcome record and RQ job while a worker delivers it."""
-
-    redis: Redis
-    settings: Settings
-    metrics: RelayMetrics
-    event_id: str
-    job: Job | None
-    policy: RetryPolicy
-    run: RunOutcome
-
-    def save(self, step: Step | None = None, pipe: Pipeline | None = None, **changes: Any) -> None:
-        """Record the run with ``changes`` (and ``step`` in its history), now or queued on ``pipe``."""
-        if step is not None:
-            changes["history"] = self.run.with_step(step)
-        self.run = outcome.save_run(
-            pipe if pipe is not None else self.redis,
-            self.event_id,
-            self.run,
-            self.settings.outcome_ttl_s,
-            **changes,
-        )
-
-    def _schedule(self, delay_s: float | None) -> None:
-        """Tell RQ what to do once the job raises: retry in ``delay_s``, or (None) fail it for good."""
-        if self.job is None:
-            return
-        if delay_s is None:
-            self.job.retries_left = 0
-        else:
-            self.job.retries_left = max(
-                self.policy.attempts - self.run.attempts + self.policy.attempts_before, 1
-            )
-            # RQ schedules in whole seconds, rounding the due time down: one more second keeps a retry
-            # from ever coming sooner than asked (Retry-After is a floor).
-            self.job.retry_intervals = [math.ceil(delay_s) + 1 if delay_s > 0 else 0]
-
-    def pause(self, pause: DeliveryPaused) -> None:
-        now = time.time()
-        if now + pause.delay_s > self.policy.deadline_at:
-            self.give_up(f"{pause.reason}, and its maximum age would pass first", DeadLetterReason.MAX_AGE)
-            return
-        self._schedule(pause.delay_s)
-        self.metrics.runs.labels(self.run.route, "waiting").inc()
-        step = Step(at=now, status=RunStatus.WAITING, note=pause.reason, retry_in_s=round(pause.delay_s, 1))
-        self.save(step, status=RunStatus.WAITING, next_attempt_at=now + pause.delay_s)
-        log.info(
-            "run %s waiting %.1f s: %s",
-            self.run.job_id,
-            pause.delay_s,
-            pause.reason,
-            extra={"outcome": RunStatus.WAITING.value, "retry_in_s": round(pause.delay_s, 1)},
-        )
-
-    def give_up(self, reason: str, why: DeadLetterReason, **changes: Any) -> None:
-        """Dead-letter the run: ``reason`` is its error, ``why`` the metrics' label."""
-        self._schedule(None)
-        self.metrics.runs.labels(self.run.route, "dead_lettered").inc()
-        self.metrics.dead_letters.labels(self.run.route, why).inc()
-        step = Step(at=time.time(), status=RunStatus.DEAD_LETTERED, attempt=self.run.attempts, error=reason)
-        self.save(step, status=RunStatus.DEAD_LETTERED, last_error=reason, next_attempt_at=None, **changes)
-        log.warning(
-            "run %s dead-lettered: %s",
-            self.run.job_id,
-            reason,
-            extra={"outcome": RunStatus.DEAD_LETTERED.value, "attempt": self.run.attempts},
-        )
-
-    def start(self) -> None:
-        self.save(status=RunStatus.RUNNING, attempts=self.run.attempts + 1, next_attempt_at=None)
-
-    def failed(
-        self,
-        error: str,
-        *,
-        permanent: bool,
-        http_status: int | None,
-        retry_after_s: float | None,
-        ambiguous: bool,
-    ) -> None:
-        """Record a failed attempt; schedule the retry, or dead-letter the run."""
-        now = time.time()
-        decision = next_attempt(self.policy, self.run.attempts, now, retry_after_s, permanent=permanent)
-        if isinstance(decision, GiveUp):
-            reason = f"{error} ({decision.why})"
-            self.give_up(reason, decision.reason, http_status=http_status, ambiguous=ambiguous)
-            return
-        delay_s = decision.delay_s
-        self._schedule(delay_s)
-        self.metrics.runs.labels(self.run.route, "retried").inc()
-        retry_reason = f"http_{http_status}" if http_status else "timeout" if ambiguous else "unreachable"
-        self.metrics.retries.labels(self.run.route, retry_reason).inc()
-        step = Step(
-            at=now,
-            status=RunStatus.FAILED,
-            attempt=self.run.attempts,
-            http_status=http_status,
-            error=error,
-            retry_in_s=round(delay_s, 1),
-        )
-        self.save(step, status=RunStatus.FAILED, last_error=error, http_status=http_status,
-                  next_attempt_at=now + delay_s, ambiguous=ambiguous)  # fmt: skip
-        log.info(
-            "run %s attempt %d failed, retry in %.1f s: %s",
-            self.run.job_id,
-            self.run.attempts,
-            delay_s,
-            error,
-            extra={
-                "outcome": RunStatus.FAILED.value,
-                "attempt": self.run.attempts,
-                "retry_in_s": round(delay_s, 1),
-            },
-        )
-
-    def interrupted(self, reason: str) -> None:
-        """The attempt was cut short (shutdown, crash, timeout) while its request may have been out.
-
-        It is tried again at once, even after its last attempt: once, so that a run which keeps killing
-        its worker still ends as a dead letter.
-        """
-        now = time.time()
-        made = self.run.attempts - self.policy.attempts_before
-        if made > self.policy.attempts or now > self.policy.deadline_at:
-            self.give_up(f"{reason}; no attempts left", DeadLetterReason.INTERRUPTED, ambiguous=True)
-            return
-        self._schedule(0)
-        self.metrics.runs.labels(self.run.route, "retried").inc()
-        self.metrics.retries.labels(self.run.route, "interrupted").inc()
-        step = Step(at=now, status=RunStatus.FAILED, attempt=self.run.attempts, error=reason, retry_in_s=0)
-        self.save(step, status=RunStatus.FAILED, last_error=reason, ambiguous=True, next_attempt_at=now)
-        log.warning(
-            "run %s attempt %d %s; retried at once",
-            self.run.job_id,
-            self.run.attempts,
-            reason,
-            extra={"outcome": RunStatus.FAILED.value, "attempt": self.run.attempts, "retry_in_s": 0},
-        )
-
-    def succeeded(self, result: RunResult, pipe: Pipeline) -> None:
-        """Queue the run's success on ``pipe``."""
-        self.metrics.runs.labels(self.run.route, "succeeded").inc()
-        if self.job is not None and self.job.created_at is not None:  # the ingress made the job
-            self.metrics.end_to_end.labels(self.run.route).observe(
-                max(0.0, time.time() - self.job.created_at.timestamp())
-            )
-        step = Step(
-            at=time.time(), status=RunStatus.SUCCEEDED, attempt=self.run.attempts, http_status=result.status
-        )
-        self.save(
-            step,
-            pipe,
-            status=RunStatus.SUCCEEDED,
-            phlo_run_id=result.phlo_run_id,
-            message=result.message,
-            http_status=result.status,
-            elapsed_ms=round(result.elapsed_ms, 1),
-            last_error=None,
-        )
-
-
 def deliver(
     event_id: str,
     route: str,
@@ -250,13 +84,11 @@ def deliver(
     # One round trip for the run's record and the breaker's answer; the breaker's probe, if it was taken
     # for a run that then does not go, comes back when its token expires.
     with context.redis.pipeline(transaction=False) as pipe:
-        pipe.hget(keys.event_key(event_id), keys.run_field(job_id))
+        records.queue_read_run(pipe, event_id, job_id)
         breaker.queue_allow(pipe)
         raw_run, allow_reply = pipe.execute()
-    run = (
-        RunOutcome.model_validate_json(raw_run)
-        if raw_run
-        else RunOutcome(job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED)
+    run = records.parse_run(raw_run) or RunOutcome(
+        job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
     )
     if run.status is RunStatus.SUCCEEDED:
         # RQ runs a job again when its worker died after the success was recorded but before RQ marked
@@ -268,19 +100,19 @@ def deliver(
         if job is not None:
             job.retries_left = 0
         raise DeadLetterError(f"run {job_id} was dead-lettered already: {run.last_error}")
-    delivery = _Delivery(
+    keeper = RunKeeper(
         context.redis, settings, context.metrics, event_id, job, RetryPolicy.of_job(policy, settings), run
     )
     credentials = settings.account(account)
     if credentials is None:
-        delivery.give_up(f"no credentials for Plivo account {account!r}", DeadLetterReason.CREDENTIALS)
+        keeper.give_up(f"no credentials for Plivo account {account!r}", DeadLetterReason.CREDENTIALS)
         raise SettingsError(f"no credentials for Plivo account {account!r}")
     try:
         probe = _admit(context, account, credentials, breaker.allowed(allow_reply))
     except DeliveryPaused as pause:
-        delivery.pause(pause)
+        keeper.pause(pause)
         raise
-    delivery.start()
+    keeper.start()
     started = time.perf_counter()
     try:
         result = context.runner.run(credentials, phlo_id, payload)
@@ -288,11 +120,11 @@ def deliver(
         context.metrics.runner_latency.labels(account, _answer_class(exc)).observe(
             time.perf_counter() - started
         )
-        _record_failure(context, delivery, account, exc)
+        _record_failure(context, keeper, account, exc)
         raise
     except BaseException as exc:
         # A cold shutdown (SystemExit) or RQ's job timeout while the request was out: the PHLO may have run.
-        delivery.interrupted(f"interrupted mid-run ({type(exc).__name__})")
+        keeper.interrupted(f"interrupted mid-run ({type(exc).__name__})")
         raise
     context.metrics.runner_latency.labels(account, "2xx").observe(time.perf_counter() - started)
     if probe:
@@ -300,23 +132,13 @@ def deliver(
     try:
         with context.redis.pipeline(transaction=True) as pipe:  # the breaker's news and the run's, at once
             breaker.record_success(pipe)
-            delivery.succeeded(result, pipe)
+            keeper.succeeded(result, pipe)
             pipe.execute()
     except RedisError:
         # The PHLO has run: raising would make RQ retry it and run it twice. RQ keeps the job's result.
         log.exception(
             "run %s succeeded (PHLO run %s) but its outcome was not recorded", job_id, result.phlo_run_id
         )
-    log.info(
-        "run %s succeeded: PHLO run %s",
-        job_id,
-        result.phlo_run_id,
-        extra={
-            "outcome": RunStatus.SUCCEEDED.value,
-            "attempt": delivery.run.attempts,
-            "phlo_run_id": result.phlo_run_id,
-        },
-    )
     return {"phlo_run_id": result.phlo_run_id, "message": result.message, "status": result.status}
 
 
@@ -327,20 +149,20 @@ def _answer_class(exc: RunnerError) -> str:
     return "timeout" if isinstance(exc, RunnerUnreachable) and exc.ambiguous else "unreachable"
 
 
-def _record_failure(context: WorkerContext, delivery: _Delivery, account: str, exc: RunnerError) -> None:
+def _record_failure(context: WorkerContext, keeper: RunKeeper, account: str, exc: RunnerError) -> None:
     breaker = context.breaker(account)
     if exc.permanent:
         breaker.record_success()  # the runner answered: it is up, the request was wrong
     elif breaker.record_failure().state == "open":
         context.metrics.breaker_transitions.labels(account, "open").inc()
     rejected = exc if isinstance(exc, RunnerRejected) else None
-    delivery.failed(
+    keeper.failed(
         str(exc),
         permanent=exc.permanent,
         http_status=rejected.status if rejected else None,
         retry_after_s=rejected.retry_after_s if rejected else None,
         # Once an attempt may have run the PHLO, the run stays marked: a retry may have run it twice.
-        ambiguous=delivery.run.ambiguous or (isinstance(exc, RunnerUnreachable) and exc.ambiguous),
+        ambiguous=keeper.run.ambiguous or (isinstance(exc, RunnerUnreachable) and exc.ambiguous),
     )
 
 
@@ -351,15 +173,15 @@ def on_failure(
     if not issubclass(exc_type, AbandonedJobError) or job.func_name != DELIVER_FUNC:
         return  # deliver() recorded everything else itself
     event_id = str(job.kwargs["event_id"])
-    run = outcome.read_run(connection, event_id, job.id)
+    run = records.read_run(connection, event_id, job.id)
     if run is None:
         return
     context = current_context()
     policy = RetryPolicy.of_job(job.kwargs.get("policy"), context.settings)
-    delivery = _Delivery(connection, context.settings, context.metrics, event_id, job, policy, run)
+    keeper = RunKeeper(connection, context.settings, context.metrics, event_id, job, policy, run)
     if run.status is RunStatus.RUNNING:  # it died with the request possibly out
         with bind(job_id=job.id, event_id=event_id, route=run.route, source=job.meta.get("source")):
-            delivery.interrupted("the worker died mid-run")
+            keeper.interrupted("the worker died mid-run")
 
 
 def unmappable(event_id: str, route: str, reason: str) -> None:
