@@ -26,7 +26,7 @@ from relay.mapping.config import RelayConfig
 from relay.queue.jobs import relay_queue
 from relay.runner.breaker import CircuitBreaker
 from relay.settings import DEFAULT_ACCOUNT, Settings
-from relay.worker.loop import requeue_stranded
+from relay.worker.stranded import requeue_stranded
 from tests.conftest import Sandbox, clean_environment, drain_queue, poll
 from tests.test_delivery import FORM
 

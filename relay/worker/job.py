@@ -36,7 +36,7 @@ from relay.queue.records import RunOutcome, RunStatus
 from relay.queue.retry import RetryPolicy
 from relay.runner.breaker import BreakerState
 from relay.settings import PlivoAccount
-from relay.worker.loop import WorkerContext, current_context
+from relay.worker.context import WorkerContext, current_context
 from relay.worker.runs import RunKeeper
 
 log = logging.getLogger(__name__)

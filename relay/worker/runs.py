@@ -26,7 +26,8 @@ from relay.queue.retry import GiveUp, RetryPolicy, next_attempt
 from relay.runner.client import RunResult
 from relay.settings import Settings
 
-log = logging.getLogger(__name__)
+# A run's lines keep the logger name of its job (relay.worker.job), which log queries select on.
+log = logging.getLogger("relay.worker.job")
 # The relay_runs label of each transition.
 _RUNS_OUTCOME = {
     RunStatus.WAITING: "waiting",
