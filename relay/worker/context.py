@@ -1,5 +1,8 @@
 """What every job of a worker process shares: settings, the Redis connection, the runner client and its
 connection pool, and each account's circuit breaker and rate limit, built once and kept from job to job.
+
+The worker holds it and hands it to each job function as its first argument (``ctx``), as arq does: no
+job reaches for a module global, and a test or a second worker in one process has a context of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from relay.infra.redis_client import connect
 from relay.runner.breaker import CircuitBreaker
 from relay.runner.client import RunnerClient
 from relay.runner.ratelimit import AccountRateLimit
-from relay.settings import PlivoAccount, Settings, load_settings
+from relay.settings import PlivoAccount, Settings
 
 
 @dataclass
@@ -61,20 +64,3 @@ class WorkerContext:
     def close(self) -> None:
         self.runner.close()
         self.redis.close()
-
-
-_context: WorkerContext | None = None
-
-
-def use_context(context: WorkerContext | None) -> None:
-    """Set the context the jobs of this process use (None: build from the environment on first use)."""
-    global _context
-    _context = context
-
-
-def current_context() -> WorkerContext:
-    """This process's context; a worker started by other means (``rq worker``) builds it from settings."""
-    global _context
-    if _context is None:
-        _context = WorkerContext.build(load_settings())
-    return _context

@@ -3,7 +3,9 @@
 Before each attempt a run passes its account's circuit breaker and rate limit (both in Redis, shared by every
 worker); a run held back there is rescheduled without using an attempt. After a failure the run decides its
 own retry (``relay.queue.retry``) and RQ's scheduler carries it out; a run out of attempts or age ends in RQ's
-failed registry: the dead letters dashboards show. Every step is appended to the run's history.
+failed registry: the dead letters dashboards show. Every step is appended to the run's history
+(``relay.worker.runs``). Each function takes the worker's context first (``ctx``): ``RelayJob`` passes it,
+as arq hands its jobs ``ctx``.
 """
 
 from __future__ import annotations
@@ -31,18 +33,18 @@ from relay.errors import (
 from relay.infra.logs import bind
 from relay.infra.metrics import DeadLetterReason
 from relay.queue import records
-from relay.queue.jobs import DELIVER_FUNC, job_id_for
+from relay.queue.jobs import job_id_for
 from relay.queue.records import RunOutcome, RunStatus
 from relay.queue.retry import RetryPolicy
 from relay.runner.breaker import BreakerState
 from relay.settings import PlivoAccount
-from relay.worker.context import WorkerContext, current_context
+from relay.worker.context import WorkerContext
 from relay.worker.runs import RunKeeper
 
 log = logging.getLogger(__name__)
 
 
-def _admit(context: WorkerContext, account: str, credentials: PlivoAccount, state: BreakerState) -> bool:
+def _admit(ctx: WorkerContext, account: str, credentials: PlivoAccount, state: BreakerState) -> bool:
     """Wait for the account's turn, or raise DeliveryPaused when the breaker is open or the wait too long.
 
     ``state`` is what the breaker's ``allow()`` answered. True when this run is the breaker's probe.
@@ -51,23 +53,24 @@ def _admit(context: WorkerContext, account: str, credentials: PlivoAccount, stat
         delay_s = max((state.retry_at or time.time()) - time.time(), 0.0)
         raise DeliveryPaused(f"circuit breaker of account {account!r} is open", delay_s + 1)
     if state.state == "half_open":
-        context.metrics.breaker_transitions.labels(account, "half_open").inc()
-    settings = context.settings
+        ctx.metrics.breaker_transitions.labels(account, "half_open").inc()
+    settings = ctx.settings
     # The wait must leave the request its whole connect and read time within the job's timeout.
     max_wait_s = (
         settings.job_timeout_s - settings.runner_connect_timeout_s - settings.runner_read_timeout_s - 2
     )
-    waited_s = context.rate_limit(account, credentials).wait_turn(max_wait_s=max(max_wait_s, 0.0))
+    waited_s = ctx.rate_limit(account, credentials).wait_turn(max_wait_s=max(max_wait_s, 0.0))
     if waited_s is None:
-        context.metrics.rate_limit_waits.labels(account, "rescheduled").inc()
+        ctx.metrics.rate_limit_waits.labels(account, "rescheduled").inc()
         raise DeliveryPaused(f"rate limit of account {account!r} is taken for the next {max_wait_s:.0f} s", 1)
     if waited_s > 0:
-        context.metrics.rate_limit_waits.labels(account, "waited").inc()
-        context.metrics.rate_limit_wait.labels(account).observe(waited_s)
+        ctx.metrics.rate_limit_waits.labels(account, "waited").inc()
+        ctx.metrics.rate_limit_wait.labels(account).observe(waited_s)
     return state.state == "half_open"
 
 
 def deliver(
+    ctx: WorkerContext,
     event_id: str,
     route: str,
     phlo_id: str,
@@ -75,15 +78,17 @@ def deliver(
     payload: dict[str, Any],
     policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """RQ job: run one PHLO and record the outcome. Raises (so RQ retries or dead-letters) on failure."""
-    context = current_context()
-    settings = context.settings
+    """RQ job: run one PHLO and record the outcome. Raises (so RQ retries or dead-letters) on failure.
+
+    ``ctx`` is the worker's (``RelayJob`` passes it); the rest are the job's kwargs as stored in Redis.
+    """
+    settings = ctx.settings
     job = get_current_job()
     job_id = job.id if job is not None else job_id_for(event_id, route)
-    breaker = context.breaker(account)
+    breaker = ctx.breaker(account)
     # One round trip for the run's record and the breaker's answer; the breaker's probe, if it was taken
     # for a run that then does not go, comes back when its token expires.
-    with context.redis.pipeline(transaction=False) as pipe:
+    with ctx.redis.pipeline(transaction=False) as pipe:
         records.queue_read_run(pipe, event_id, job_id)
         breaker.queue_allow(pipe)
         raw_run, allow_reply = pipe.execute()
@@ -101,36 +106,34 @@ def deliver(
             job.retries_left = 0
         raise DeadLetterError(f"run {job_id} was dead-lettered already: {run.last_error}")
     keeper = RunKeeper(
-        context.redis, settings, context.metrics, event_id, job, RetryPolicy.of_job(policy, settings), run
+        ctx.redis, settings, ctx.metrics, event_id, job, RetryPolicy.of_job(policy, settings), run
     )
     credentials = settings.account(account)
     if credentials is None:
         keeper.give_up(f"no credentials for Plivo account {account!r}", DeadLetterReason.CREDENTIALS)
         raise SettingsError(f"no credentials for Plivo account {account!r}")
     try:
-        probe = _admit(context, account, credentials, breaker.allowed(allow_reply))
+        probe = _admit(ctx, account, credentials, breaker.allowed(allow_reply))
     except DeliveryPaused as pause:
         keeper.pause(pause)
         raise
     keeper.start()
     started = time.perf_counter()
     try:
-        result = context.runner.run(credentials, phlo_id, payload)
+        result = ctx.runner.run(credentials, phlo_id, payload)
     except RunnerError as exc:
-        context.metrics.runner_latency.labels(account, _answer_class(exc)).observe(
-            time.perf_counter() - started
-        )
-        _record_failure(context, keeper, account, exc)
+        ctx.metrics.runner_latency.labels(account, _answer_class(exc)).observe(time.perf_counter() - started)
+        _record_failure(ctx, keeper, account, exc)
         raise
     except BaseException as exc:
         # A cold shutdown (SystemExit) or RQ's job timeout while the request was out: the PHLO may have run.
         keeper.interrupted(f"interrupted mid-run ({type(exc).__name__})")
         raise
-    context.metrics.runner_latency.labels(account, "2xx").observe(time.perf_counter() - started)
+    ctx.metrics.runner_latency.labels(account, "2xx").observe(time.perf_counter() - started)
     if probe:
-        context.metrics.breaker_transitions.labels(account, "closed").inc()
+        ctx.metrics.breaker_transitions.labels(account, "closed").inc()
     try:
-        with context.redis.pipeline(transaction=True) as pipe:  # the breaker's news and the run's, at once
+        with ctx.redis.pipeline(transaction=True) as pipe:  # the breaker's news and the run's, at once
             breaker.record_success(pipe)
             keeper.succeeded(result, pipe)
             pipe.execute()
@@ -149,12 +152,12 @@ def _answer_class(exc: RunnerError) -> str:
     return "timeout" if isinstance(exc, RunnerUnreachable) and exc.ambiguous else "unreachable"
 
 
-def _record_failure(context: WorkerContext, keeper: RunKeeper, account: str, exc: RunnerError) -> None:
-    breaker = context.breaker(account)
+def _record_failure(ctx: WorkerContext, keeper: RunKeeper, account: str, exc: RunnerError) -> None:
+    breaker = ctx.breaker(account)
     if exc.permanent:
         breaker.record_success()  # the runner answered: it is up, the request was wrong
     elif breaker.record_failure().state == "open":
-        context.metrics.breaker_transitions.labels(account, "open").inc()
+        ctx.metrics.breaker_transitions.labels(account, "open").inc()
     rejected = exc if isinstance(exc, RunnerRejected) else None
     keeper.failed(
         str(exc),
@@ -167,23 +170,34 @@ def _record_failure(context: WorkerContext, keeper: RunKeeper, account: str, exc
 
 
 def on_failure(
-    job: Job, connection: Redis, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+    ctx: WorkerContext,
+    job: Job,
+    connection: Redis,
+    exc_type: type[BaseException],
+    exc: BaseException,
+    tb: TracebackType | None,
 ) -> None:
-    """RQ failure callback: records a run whose worker died mid-job; RQ then retries it at once."""
-    if not issubclass(exc_type, AbandonedJobError) or job.func_name != DELIVER_FUNC:
+    """RQ failure callback: records a run whose worker died mid-job; RQ then retries it at once.
+
+    ``ctx`` is the ctx of the worker that found the dead one's run (``RelayJob`` passes it).
+    """
+    # By the function, not its path: jobs stored before the packages name relay.delivery.deliver.
+    if not issubclass(exc_type, AbandonedJobError) or job.func is not deliver:
         return  # deliver() recorded everything else itself
     event_id = str(job.kwargs["event_id"])
     run = records.read_run(connection, event_id, job.id)
     if run is None:
         return
-    context = current_context()
-    policy = RetryPolicy.of_job(job.kwargs.get("policy"), context.settings)
-    keeper = RunKeeper(connection, context.settings, context.metrics, event_id, job, policy, run)
+    policy = RetryPolicy.of_job(job.kwargs.get("policy"), ctx.settings)
+    keeper = RunKeeper(connection, ctx.settings, ctx.metrics, event_id, job, policy, run)
     if run.status is RunStatus.RUNNING:  # it died with the request possibly out
         with bind(job_id=job.id, event_id=event_id, route=run.route, source=job.meta.get("source")):
             keeper.interrupted("the worker died mid-run")
 
 
-def unmappable(event_id: str, route: str, reason: str) -> None:
-    """RQ job of a route that could not be mapped: it stays dead-lettered until replayed after a fix."""
+def unmappable(ctx: WorkerContext, event_id: str, route: str, reason: str) -> None:
+    """RQ job of a route that could not be mapped: it stays dead-lettered until replayed after a fix.
+
+    It is created failed; a worker runs it only when someone requeues it (a dashboard's button).
+    """
     raise MappingError(route, f"{reason} (event {event_id}; fix the config, then replay)")

@@ -24,20 +24,24 @@ from relay.infra.redis_client import connect
 from relay.infra.supervisor import Child, supervise
 from relay.queue.gauges import scrape_registry
 from relay.settings import Settings
-from relay.worker.context import WorkerContext, current_context, use_context
+from relay.worker.context import WorkerContext
 from relay.worker.rq_worker import ABANDONED_GRACE_S, RelayWorker
 
 log = logging.getLogger(__name__)
 
 
-def work(settings: Settings, *, burst: bool = False) -> None:
-    """One worker process: a RelayWorker with RQ's scheduler on the relay's queue, until stopped."""
-    context = WorkerContext.build(settings)
-    use_context(context)
+def work(settings: Settings, *, burst: bool = False, context: WorkerContext | None = None) -> None:
+    """One worker process: a RelayWorker with RQ's scheduler on the relay's queue, until stopped.
+
+    Its jobs share ``context`` (default: one built from ``settings``), which it closes when done.
+    """
+    context = context if context is not None else WorkerContext.build(settings)
     try:
         while True:
             # By name: RQ then builds the queue as a RelayQueue (queue_class).
-            worker = RelayWorker([settings.queue_name], connection=context.redis, serializer=JSONSerializer)
+            worker = RelayWorker(
+                [settings.queue_name], connection=context.redis, serializer=JSONSerializer, context=context
+            )
             try:
                 worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
             except RedisError as exc:  # RQ's teardown writes the worker's death to Redis
@@ -55,7 +59,6 @@ def work(settings: Settings, *, burst: bool = False) -> None:
                 with contextlib.suppress(RedisError):
                     worker.scheduler.release_locks()  # type: ignore[no-untyped-call]
     finally:
-        use_context(None)
         context.close()
 
 
@@ -80,9 +83,10 @@ def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) 
     """
     with_metrics = settings.worker_metrics_port is not None and not burst
     if processes == 1:
+        context = WorkerContext.build(settings)
         if with_metrics:
-            serve_metrics(settings, current_context().metrics)
-        work(settings, burst=burst)
+            serve_metrics(settings, context.metrics)  # the counters this process's jobs count in
+        work(settings, burst=burst, context=context)
         return 0
     children = [Child(f"worker-{number}", partial(work, settings, burst=burst)) for number in
                 range(1, processes + 1)]  # fmt: skip
