@@ -13,6 +13,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
@@ -27,6 +28,17 @@ QUEUE_OLDEST_AGE = "relay_queue_oldest_run_age_seconds"
 WORKERS = "relay_workers"
 BREAKER_STATE = "relay_circuit_breaker_state"
 REDIS_UP = "relay_redis_up"
+
+
+class DeadLetterReason(StrEnum):
+    """Why a run was dead-lettered: the ``reason`` label of ``relay_dead_letters``."""
+
+    REJECTED = "rejected"  # the runner refused it: a 4xx that retrying cannot fix
+    ATTEMPTS = "attempts"  # its last attempt failed
+    MAX_AGE = "max_age"  # its maximum age would pass before the next attempt
+    CREDENTIALS = "credentials"  # no credentials for its Plivo account
+    INTERRUPTED = "interrupted"  # cut short (crash, timeout) after its last attempt
+    UNMAPPABLE = "unmappable"  # its route's payload cannot be built from the event (counted by the ingress)
 
 
 def use_directory(directory: Path) -> None:

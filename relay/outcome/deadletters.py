@@ -14,20 +14,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from redis import Redis
-from redis.exceptions import WatchError
+from redis.client import Pipeline
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from relay import keys
 from relay.errors import DeadLetterError
-from relay.queue import records as outcome
-from relay.queue.records import EventRecord, RunOutcome, Step
+from relay.queue import records
+from relay.queue.records import Step
 from relay.settings import Settings
 
 REASON_CHARS = 500
-WATCH_ATTEMPTS = 5  # a WATCHed transaction that keeps conflicting is given up after this many tries
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -134,7 +132,7 @@ def _reason(job: Job) -> str:
 
 
 def _complete(redis: Redis, job: Job, head: DeadLetter) -> DeadLetter:
-    run = outcome.read_run(redis, head.event_id, job.id) if head.event_id else None
+    run = records.read_run(redis, head.event_id, job.id) if head.event_id else None
     return head.model_copy(update={"reason": _reason(job), "attempts": run.attempts if run else None})
 
 
@@ -171,19 +169,11 @@ def dead_job(redis: Redis, settings: Settings, job_id: str) -> Job:
         raise DeadLetterError(f"dead letter {job_id!r} has expired") from None
 
 
-def read_records(redis: Redis, event_id: str, job_id: str) -> tuple[EventRecord | None, RunOutcome | None]:
-    raw_event, raw_run = redis.hmget(keys.event_key(event_id), [keys.EVENT_FIELD, keys.run_field(job_id)])
-    return (
-        EventRecord.model_validate_json(raw_event) if raw_event else None,
-        RunOutcome.model_validate_json(raw_run) if raw_run else None,
-    )
-
-
 def show_dead_letter(redis: Redis, settings: Settings, job_id: str) -> dict[str, Any]:
     """The letter, its job (function, kwargs: the payload), its run's outcome with history, and its event."""
     job = dead_job(redis, settings, job_id)
     letter = _complete(redis, job, letter_of(job))
-    record, run = read_records(redis, letter.event_id, job_id)
+    record, run = records.read_records(redis, letter.event_id, job_id)
     return {
         **letter.model_dump(mode="json"),
         "job": {"function": job.func_name, "description": job.description, "kwargs": job.kwargs},
@@ -200,31 +190,26 @@ def target_ids(redis: Redis, settings: Settings, target: Target) -> list[str]:
 
 def _purge_one(redis: Redis, settings: Settings, job_id: str) -> bool:
     registry_key = failed_registry(redis, settings).key
-    with redis.pipeline(transaction=True) as pipe:
-        for _ in range(WATCH_ATTEMPTS):
-            try:
-                pipe.watch(Job.key_for(job_id))  # type: ignore[no-untyped-call]
-                if pipe.zscore(registry_key, job_id) is None:
-                    return False
-                try:
-                    job: Job | None = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-                except NoSuchJobError:
-                    job = None
-                event_id = letter_of(job).event_id if job is not None else ""
-                run = outcome.read_run(redis, event_id, job_id) if event_id else None
-                pipe.multi()
-                pipe.zrem(registry_key, job_id)
-                if job is not None:
-                    job.delete(pipeline=pipe)
-                if run is not None:
-                    step = Step(at=time.time(), status=run.status, note="purged")
-                    updated = run.model_copy(update={"updated_at": step.at, "history": run.with_step(step)})
-                    pipe.hset(keys.event_key(event_id), keys.run_field(job_id), updated.model_dump_json())
-                pipe.execute()
-                return True
-            except WatchError:
-                continue
-    return False
+
+    def purge_in(pipe: Pipeline) -> bool:
+        if pipe.zscore(registry_key, job_id) is None:
+            return False
+        try:
+            job: Job | None = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            job = None
+        event_id = letter_of(job).event_id if job is not None else ""
+        run = records.read_run(redis, event_id, job_id) if event_id else None
+        pipe.multi()
+        pipe.zrem(registry_key, job_id)
+        if job is not None:
+            job.delete(pipeline=pipe)
+        if run is not None:
+            step = Step(at=time.time(), status=run.status, note="purged")
+            records.append_step(pipe, event_id, run, step, settings.outcome_ttl_s)
+        return True
+
+    return bool(records.watched_transaction(redis, [Job.key_for(job_id)], purge_in))
 
 
 def purge(redis: Redis, settings: Settings, target: Target) -> int:

@@ -11,25 +11,16 @@ from dataclasses import replace
 
 from pydantic import BaseModel
 from redis import Redis
-from redis.exceptions import WatchError
+from redis.client import Pipeline
 from rq.job import Job
 from rq.results import Result
 
-from relay import keys
 from relay.errors import DeadLetterError, MappingError
 from relay.mapping.config import RelayConfig
 from relay.mapping.routes import PlannedRun, build_payload
-from relay.outcome.deadletters import (
-    WATCH_ATTEMPTS,
-    Target,
-    dead_job,
-    failed_registry,
-    letter_of,
-    read_records,
-    target_ids,
-)
-from relay.queue import records as outcome
-from relay.queue.jobs import relay_queue, run_job_data
+from relay.outcome.deadletters import Target, dead_job, failed_registry, letter_of, target_ids
+from relay.queue import records
+from relay.queue.jobs import failure_reason, relay_queue, run_job_data
 from relay.queue.records import EventRecord, RunOutcome, RunStatus, Step
 from relay.queue.retry import RetryPolicy
 from relay.settings import Settings
@@ -55,8 +46,8 @@ def replay(redis: Redis, settings: Settings, config: RelayConfig, job_id: str) -
     route = next((route for route in config.routes if route.name == head.route), None)
     if route is None:
         raise DeadLetterError(f"route {head.route!r} is no longer in the config")
-    record, _ = read_records(redis, head.event_id, job_id)
-    document = outcome.read_document(redis, head.event_id)
+    record, _ = records.read_records(redis, head.event_id, job_id)
+    document = records.read_document(redis, head.event_id)
     if record is None or document is None:
         raise DeadLetterError(f"event {head.event_id} has expired: it cannot be mapped again")
     if route.source != record.source:
@@ -66,7 +57,7 @@ def replay(redis: Redis, settings: Settings, config: RelayConfig, job_id: str) -
     try:
         payload = build_payload(route, document)
     except MappingError as exc:
-        run = outcome.read_run(redis, record.event_id, job_id)
+        run = records.read_run(redis, record.event_id, job_id)
         if run is not None:
             step = Step(
                 at=time.time(),
@@ -74,30 +65,14 @@ def replay(redis: Redis, settings: Settings, config: RelayConfig, job_id: str) -
                 error=exc.message,
                 note=f"replay: still cannot be mapped: {exc.message}",
             )
-            history = run.with_step(step)
-            outcome.save_run(
-                redis, record.event_id, run, settings.outcome_ttl_s, last_error=exc.message, history=history
+            records.append_step(
+                redis, record.event_id, run, step, settings.outcome_ttl_s, last_error=exc.message
             )
         # What dashboards and listings show as the reason becomes the current one.
-        Result.create_failure(job, settings.dead_letter_ttl_s, f"MappingError: {exc} (on replay)")
+        Result.create_failure(job, settings.dead_letter_ttl_s, f"{failure_reason(exc)} (on replay)")
         return ReplayResult(job_id=job_id, replayed=False, reason=f"still cannot be mapped: {exc.message}")
     planned = PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry)
     return _requeue(redis, settings, job, record, planned)
-
-
-def _replayed_run(raw: bytes | str | None, job_id: str, planned: PlannedRun, now: float) -> RunOutcome:
-    """The run's outcome once replayed: queued for the route's current PHLO, its history and error kept."""
-    run = (
-        RunOutcome.model_validate_json(raw)
-        if raw
-        else RunOutcome(job_id=job_id, route=planned.route, phlo_id=planned.phlo_id,
-                        account=planned.account, status=RunStatus.DEAD_LETTERED)
-    )  # fmt: skip
-    step = Step(at=now, status=RunStatus.QUEUED, note="replayed")
-    changes = {"phlo_id": planned.phlo_id, "account": planned.account, "status": RunStatus.QUEUED}
-    return run.model_copy(
-        update={**changes, "next_attempt_at": None, "updated_at": now, "history": run.with_step(step)}
-    )
 
 
 def _requeue(
@@ -105,30 +80,33 @@ def _requeue(
 ) -> ReplayResult:
     """In one transaction: drop the dead letter, queue the new run under its job id, record the replay."""
     queue, registry_key = relay_queue(redis, settings), failed_registry(redis, settings).key
-    event_key, field = keys.event_key(record.event_id), keys.run_field(job.id)
-    with redis.pipeline(transaction=True) as pipe:
-        for _ in range(WATCH_ATTEMPTS):
-            try:
-                # Another replay (or a purge) changes the job's hash: this transaction then fails.
-                pipe.watch(job.key)  # type: ignore[no-untyped-call]
-                if pipe.zscore(registry_key, job.id) is None or not pipe.exists(job.key):
-                    return ReplayResult(job_id=job.id, replayed=False, reason="already replayed (or purged)")
-                now = time.time()
-                run = _replayed_run(pipe.hget(event_key, field), job.id, planned, now)
-                # The attempts made so far do not count against the replayed run's budget.
-                policy = replace(
-                    RetryPolicy.resolve(settings, planned.retry, now), attempts_before=run.attempts
-                )
-                pipe.multi()
-                job.delete(pipeline=pipe)  # its hash, its results, its place in the failed registry
-                queue.enqueue_many([run_job_data(settings, record, planned, policy)], pipeline=pipe)
-                pipe.hset(event_key, field, run.model_dump_json())
-                pipe.expire(event_key, settings.outcome_ttl_s)
-                pipe.execute()
-                return ReplayResult(job_id=job.id, replayed=True, new_phlo_id=planned.phlo_id)
-            except WatchError:
-                continue
-    return ReplayResult(job_id=job.id, replayed=False, reason="the job kept changing; try again")
+
+    def requeue_in(pipe: Pipeline) -> ReplayResult:
+        # Another replay (or a purge) changes the job's hash: this transaction then fails and runs again.
+        if pipe.zscore(registry_key, job.id) is None or not pipe.exists(job.key):
+            return ReplayResult(job_id=job.id, replayed=False, reason="already replayed (or purged)")
+        now = time.time()
+        run = records.read_run(pipe, record.event_id, job.id) or RunOutcome(
+            job_id=job.id, route=planned.route, phlo_id=planned.phlo_id, account=planned.account,
+            status=RunStatus.DEAD_LETTERED,
+        )  # fmt: skip
+        # The attempts made so far do not count against the replayed run's budget.
+        policy = replace(RetryPolicy.resolve(settings, planned.retry, now), attempts_before=run.attempts)
+        pipe.multi()
+        job.delete(pipeline=pipe)  # its hash, its results, its place in the failed registry
+        queue.enqueue_many([run_job_data(settings, record, planned, policy)], pipeline=pipe)
+        # Queued for the route's current PHLO, its history and last error kept.
+        step = Step(at=now, status=RunStatus.QUEUED, note="replayed")
+        records.append_step(
+            pipe, record.event_id, run, step, settings.outcome_ttl_s,
+            phlo_id=planned.phlo_id, account=planned.account, status=RunStatus.QUEUED, next_attempt_at=None,
+        )  # fmt: skip
+        return ReplayResult(job_id=job.id, replayed=True, new_phlo_id=planned.phlo_id)
+
+    result = records.watched_transaction(redis, [job.key], requeue_in)
+    if result is None:
+        return ReplayResult(job_id=job.id, replayed=False, reason="the job kept changing; try again")
+    return result
 
 
 def replay_many(redis: Redis, settings: Settings, config: RelayConfig, target: Target) -> list[ReplayResult]:

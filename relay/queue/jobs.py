@@ -25,6 +25,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
+from relay.errors import MappingError, RelayError
 from relay.mapping.routes import PlannedRun, UnmappedRun
 from relay.queue.records import EventRecord
 from relay.queue.retry import RetryPolicy
@@ -35,11 +36,31 @@ UNMAPPABLE_FUNC = "relay.worker.job.unmappable"
 ON_FAILURE_FUNC = "relay.worker.job.on_failure"
 # Fields of a job's hash that RQ sets per job; every other field is the same for all runs of one shape.
 PER_JOB_FIELDS = ("created_at", "enqueued_at", "data", "description", "meta")
+_RELAY_ERRORS = f"{RelayError.__module__}."  # how a traceback's last line names the relay's exceptions
 
 
 def job_id_for(event_id: str, route: str) -> str:
     """The RQ job id of one route's run of an event: readable, and stable across replays."""
     return f"{event_id}-{route}"
+
+
+def failure_reason(error: RelayError) -> str:
+    """The reason a dead letter shows for a relay error: ``MappingError: route 'callback': ...``.
+
+    The same line ``failure_reason_of`` cuts from a worker's traceback, so that a run dead-lettered by the
+    ingress or a replay reads like one a worker dead-lettered.
+    """
+    return f"{type(error).__name__}: {error}"
+
+
+def failure_reason_of(exc_string: str) -> str:
+    """What RQ records for a job that raised: a relay error's last line alone, any other traceback whole.
+
+    A relay error is an outcome with a reason of its own (the runner's answer, the attempts spent):
+    rq-dashboard and ``relay dlq`` show that line, not a traceback with a worker's paths in it.
+    """
+    last_line = exc_string.rstrip().rpartition("\n")[2]
+    return last_line.removeprefix(_RELAY_ERRORS) if last_line.startswith(_RELAY_ERRORS) else exc_string
 
 
 def relay_queue(redis: Redis, settings: Settings) -> Queue:
@@ -168,7 +189,7 @@ def dead_letter_unmapped(
         status=JobStatus.FAILED,
         meta=_meta(record, failure),
     )
-    reason = f"MappingError: route {failure.route!r}: {failure.reason}"
+    reason = failure_reason(MappingError(failure.route, failure.reason))
     registry = FailedJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
     job.save(pipeline=pipe)  # registry.add saves the job without its meta
     registry.add(job, ttl=settings.dead_letter_ttl_s, exc_string=reason, pipeline=pipe)

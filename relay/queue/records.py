@@ -2,22 +2,28 @@
 
 One Redis hash per event (``keys.event_key``): field ``event`` holds the event's record, and one field per
 run holds that run's outcome, so workers updating different runs of one event never overwrite each other.
+This module is the records' one writer: every write keeps the event for ``outcome_ttl_s`` from then, and a
+history step is appended the same way whoever appends it (worker, purge, replay).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import WatchError
 
 from relay import keys
 
 MAX_HISTORY = 50
+WATCH_ATTEMPTS = 5  # a WATCHed transaction that keeps conflicting is given up after this many tries
+T = TypeVar("T")
 
 
 class EventStatus(StrEnum):
@@ -107,9 +113,24 @@ def write_event(
 
 
 def read_run(redis: Redis, event_id: str, job_id: str) -> RunOutcome | None:
-    """One run's outcome, or None if the event has expired."""
-    raw = redis.hget(keys.event_key(event_id), keys.run_field(job_id))
+    """One run's outcome, or None if the event has expired (``redis`` may be a WATCHing pipeline)."""
+    return parse_run(redis.hget(keys.event_key(event_id), keys.run_field(job_id)))
+
+
+def queue_read_run(pipe: Pipeline, event_id: str, job_id: str) -> None:
+    """Queue the read of one run's outcome on ``pipe``; ``parse_run`` reads its reply."""
+    pipe.hget(keys.event_key(event_id), keys.run_field(job_id))
+
+
+def parse_run(raw: bytes | str | None) -> RunOutcome | None:
+    """A run's outcome from its field's value (None: the event has expired)."""
     return RunOutcome.model_validate_json(raw) if raw else None
+
+
+def read_records(redis: Redis, event_id: str, job_id: str) -> tuple[EventRecord | None, RunOutcome | None]:
+    """The event's record and one of its runs' outcome, in one read (None where expired)."""
+    raw_event, raw_run = redis.hmget(keys.event_key(event_id), [keys.EVENT_FIELD, keys.run_field(job_id)])
+    return (EventRecord.model_validate_json(raw_event) if raw_event else None, parse_run(raw_run))
 
 
 def save_run(
@@ -129,6 +150,34 @@ def save_run(
         save_run(pipe, event_id, run, ttl_s, **changes)
         pipe.execute()
     return updated
+
+
+def append_step(
+    redis: Redis | Pipeline, event_id: str, run: RunOutcome, step: Step, ttl_s: int, **changes: Any
+) -> RunOutcome:
+    """Store a run's outcome with ``step`` appended to its history and ``changes`` applied (``save_run``)."""
+    return save_run(redis, event_id, run, ttl_s, history=run.with_step(step), **changes)
+
+
+def watched_transaction(redis: Redis, watched: Sequence[str], body: Callable[[Pipeline], T]) -> T | None:
+    """Run ``body`` in a transaction WATCHing ``watched``, again on a conflict; None if every try conflicted.
+
+    ``body`` reads through the pipeline (its commands answer at once until ``pipe.multi()``), then calls
+    ``pipe.multi()`` and queues its writes: they are applied together, or not at all if a watched key
+    changed meanwhile, and ``body`` runs again on fresh reads. A ``body`` returning before ``multi()``
+    writes nothing. Up to WATCH_ATTEMPTS tries.
+    """
+    with redis.pipeline(transaction=True) as pipe:
+        for _ in range(WATCH_ATTEMPTS):
+            try:
+                pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                result = body(pipe)
+                if pipe.explicit_transaction:
+                    pipe.execute()
+                return result
+            except WatchError:
+                continue
+    return None
 
 
 def read_document(redis: Redis, event_id: str) -> Any:

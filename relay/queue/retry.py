@@ -1,15 +1,19 @@
 """When a failed run is tried again: full-jitter backoff, Retry-After as a floor, limits of attempts and age.
 
 The policy is resolved when a run is queued (settings, then the route's overrides) and travels with the job,
-so workers need no config. Retries are scheduled through RQ's scheduler, never slept in a worker.
+so workers need no config. ``next_attempt`` is the decision after a failed attempt: retry in so many seconds,
+or give up with a typed reason (the dead-letter metric's label) and the words the run's error gets. Retries
+are scheduled through RQ's scheduler, never slept in a worker.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from relay.infra.metrics import DeadLetterReason
 from relay.mapping.config import RetryOverride
 from relay.settings import Settings
 
@@ -50,6 +54,26 @@ class RetryPolicy:
     def from_job_kwarg(cls, raw: dict[str, Any]) -> RetryPolicy:
         return cls(**raw)
 
+    @classmethod
+    def of_job(cls, raw: dict[str, Any] | None, settings: Settings) -> RetryPolicy:
+        """The policy a job carries; a job queued without one gets the settings' policy from now."""
+        return cls.from_job_kwarg(raw) if raw else cls.resolve(settings, None, time.time())
+
+
+@dataclass(frozen=True)
+class RetryIn:
+    """Try the run again in ``delay_s``."""
+
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """No further attempt: the run is dead-lettered for ``reason``; ``why`` is what its error adds."""
+
+    reason: DeadLetterReason
+    why: str
+
 
 def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
     """Full jitter: a random delay up to ``base * 2^(attempt-1)``, capped (AWS's "full jitter")."""
@@ -57,15 +81,22 @@ def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random | None = Non
     return (rng or random).uniform(0, ceiling)
 
 
-def retry_delay_s(
-    policy: RetryPolicy, attempts_made: int, now: float, retry_after_s: float | None = None
-) -> tuple[float | None, str]:
-    """The delay before the next attempt, or None and why the run must be dead-lettered instead."""
+def next_attempt(
+    policy: RetryPolicy,
+    attempts_made: int,
+    now: float,
+    retry_after_s: float | None = None,
+    *,
+    permanent: bool = False,
+) -> RetryIn | GiveUp:
+    """After a failed attempt: when to try again, or why not. ``permanent``: the runner refused the run."""
+    if permanent:
+        return GiveUp(DeadLetterReason.REJECTED, "the runner refused it; retrying cannot help")
     if attempts_made - policy.attempts_before >= policy.attempts:
-        return None, f"no attempts left ({policy.attempts} made)"
-    delay = backoff_s(policy, attempts_made)
+        return GiveUp(DeadLetterReason.ATTEMPTS, f"no attempts left ({policy.attempts} made)")
+    delay_s = backoff_s(policy, attempts_made)
     if retry_after_s is not None:
-        delay = max(delay, retry_after_s)  # the runner said when; never sooner
-    if now + delay > policy.deadline_at:
-        return None, "its maximum age would pass before the next attempt"
-    return delay, ""
+        delay_s = max(delay_s, retry_after_s)  # the runner said when; never sooner
+    if now + delay_s > policy.deadline_at:
+        return GiveUp(DeadLetterReason.MAX_AGE, "its maximum age would pass before the next attempt")
+    return RetryIn(delay_s)

@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from relay.dev.redis_server import free_port
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig
 from relay.settings import Settings
 from tests.conftest import KNOWN_PHLO, Sandbox, answers, clean_environment, poll
 from tests.worker.test_delivery_to_runner import FORM
@@ -136,3 +138,26 @@ def test_counts_match_a_scripted_run_across_two_ingress_and_two_worker_processes
     assert value(worker, "relay_circuit_breaker_state", account="default", state="closed") == 1
     assert len(_pids(worker_dir)) == 2  # both workers counted
     assert len([run for run in sandbox.runs() if run["phlo_id"] == KNOWN_PHLO]) == 7  # 6 + the retry
+
+
+async def test_a_single_worker_process_serves_the_counts_of_its_own_runs(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox
+) -> None:
+    # Regression: `relay worker` (one process, no metrics directory) served the counters of a context
+    # built for the metrics server, while its jobs counted in another one: its runs never showed.
+    client = await aiohttp_client(create_app(settings, config))
+    response = await client.post("/hooks/website-form", json={**FORM, "submission_id": "s-single"})
+    assert response.status == 202
+    worker_port = free_port()
+    with relay_process("worker", settings, RELAY_WORKER_METRICS_PORT=str(worker_port)):
+        worker_url = f"http://127.0.0.1:{worker_port}/metrics"
+        poll(lambda: answers(worker_url) == 200 or None, timeout_s=30)
+
+        def delivered() -> Samples | None:
+            samples = scrape(worker_url)
+            done = value(samples, "relay_runs_total", route="callback", outcome="succeeded") == 1
+            return samples if done else None
+
+        worker = poll(delivered, timeout_s=30)
+    assert value(worker, "relay_runner_request_duration_seconds_count", account="default", status="2xx") == 1
+    assert len(sandbox.runs()) == 1

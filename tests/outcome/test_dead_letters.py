@@ -21,6 +21,7 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from relay import keys
 from relay.dev.redis_server import free_port
 from relay.errors import DeadLetterError
 from relay.ingress.app import create_app
@@ -348,6 +349,17 @@ async def test_purge_deletes_dead_letters_and_notes_it_in_the_run(
         replay(redis, settings, fixed_config, letters.misrouted)
     assert purge(redis, settings, DeadLetterFilter()) == 1
     assert list_dead_letters(redis, settings) == []
+
+
+async def test_a_purge_keeps_the_event_for_the_outcome_ttl_from_then(
+    letters: Letters, redis: Redis, settings: Settings
+) -> None:
+    # Regression: a purge appended to the run's history without refreshing the event's TTL, as every
+    # other write of a record does: the note could vanish with the event long before outcome_ttl_s.
+    event_key = keys.event_key(letters.misrouted_event)
+    redis.expire(event_key, 120)  # an event near the end of its time
+    assert purge(redis, settings, [letters.misrouted]) == 1
+    assert settings.outcome_ttl_s - 5 < redis.ttl(event_key) <= settings.outcome_ttl_s
 
 
 # -- relay dlq ----------------------------------------------------------------------------------------

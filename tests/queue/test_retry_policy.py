@@ -7,8 +7,9 @@ from email.utils import formatdate
 
 import pytest
 
+from relay.infra.metrics import DeadLetterReason
 from relay.mapping.config import RetryOverride
-from relay.queue.retry import RetryPolicy, backoff_s, retry_delay_s
+from relay.queue.retry import GiveUp, RetryIn, RetryPolicy, backoff_s, next_attempt
 from relay.runner.client import parse_retry_after
 from relay.settings import Settings
 
@@ -28,24 +29,31 @@ def test_backoff_is_full_jitter_up_to_an_exponential_ceiling_with_a_cap(attempt:
 
 
 def test_retry_after_is_a_floor() -> None:
-    delay, _ = retry_delay_s(POLICY, attempts_made=1, now=NOW, retry_after_s=120)
-    assert delay == 120  # beyond the cap: the runner said when
+    decision = next_attempt(POLICY, attempts_made=1, now=NOW, retry_after_s=120)
+    assert decision == RetryIn(120)  # beyond the cap: the runner said when
 
 
 def test_attempts_are_limited_and_a_replay_gets_a_fresh_budget() -> None:
-    assert retry_delay_s(POLICY, attempts_made=4, now=NOW)[0] is not None
-    delay, why = retry_delay_s(POLICY, attempts_made=5, now=NOW)
-    assert delay is None
-    assert why == "no attempts left (5 made)"
+    assert isinstance(next_attempt(POLICY, attempts_made=4, now=NOW), RetryIn)
+    decision = next_attempt(POLICY, attempts_made=5, now=NOW)
+    assert isinstance(decision, GiveUp)
+    assert decision.why == "no attempts left (5 made)"
+    assert decision.reason is DeadLetterReason.ATTEMPTS
     replayed = RetryPolicy(5, 2.0, 30.0, NOW + 3600, attempts_before=5)
-    assert retry_delay_s(replayed, attempts_made=6, now=NOW)[0] is not None
+    assert isinstance(next_attempt(replayed, attempts_made=6, now=NOW), RetryIn)
 
 
 def test_a_retry_past_the_maximum_age_is_refused() -> None:
     near_deadline = RetryPolicy(5, 2.0, 30.0, deadline_at=NOW + 10)
-    delay, why = retry_delay_s(near_deadline, attempts_made=1, now=NOW, retry_after_s=60)
-    assert delay is None
-    assert "maximum age" in why
+    decision = next_attempt(near_deadline, attempts_made=1, now=NOW, retry_after_s=60)
+    assert isinstance(decision, GiveUp)
+    assert "maximum age" in decision.why
+    assert decision.reason is DeadLetterReason.MAX_AGE
+
+
+def test_a_run_the_runner_refused_is_not_retried() -> None:
+    decision = next_attempt(POLICY, attempts_made=1, now=NOW, permanent=True)
+    assert decision == GiveUp(DeadLetterReason.REJECTED, "the runner refused it; retrying cannot help")
 
 
 def test_route_overrides_win_over_settings() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from relay.mapping.config import RelayConfig
 from relay.queue.jobs import relay_queue
 from relay.runner.breaker import CircuitBreaker
 from relay.settings import DEFAULT_ACCOUNT, Settings
-from relay.worker.loop import requeue_stranded
+from relay.worker.stranded import requeue_stranded
 from tests.conftest import (
     Sandbox,
     assert_attempts_are_its_attempt_steps,
@@ -216,6 +217,34 @@ async def test_a_run_whose_worker_is_killed_mid_run_is_retried_and_succeeds(
     assert any(step["error"] == "the worker died mid-run" for step in run["history"]), [
         s["error"] for s in run["history"]
     ]
+    assert len(sandbox.runs()) == 2
+
+
+async def test_a_run_stored_under_the_old_job_path_runs_and_its_crash_is_recorded(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
+) -> None:
+    # Jobs queued before the modules became packages name relay.delivery.*: they run with the worker's
+    # context like new ones, and a crash mid-run is recorded by their failure callback.
+    quick = settings.model_copy(update={"job_timeout_s": 5, "maintenance_interval_s": 1})
+    sandbox.fail(None, 1, latency_ms=4000)
+    client, event_ids = await post_events(aiohttp_client, quick, config, 1)
+    [job_id] = relay_queue(redis, quick).get_job_ids()
+    key = Job.key_for(job_id)
+    data = json.loads(redis.hget(key, "data") or b"")
+    assert data[0] == "relay.worker.job.deliver"
+    data[0] = "relay.delivery.deliver"
+    redis.hset(key, mapping={"data": json.dumps(data), "failure_callback_name": "relay.delivery.on_failure"})
+    with worker_process(quick) as doomed:
+        await asyncio.to_thread(wait_for_runs, sandbox, 1)  # the request is in flight
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    with worker_process(quick):
+        [run] = await until_all(client, event_ids, "succeeded", timeout_s=60)
+    assert (
+        Job.fetch(job_id, connection=redis, serializer=JSONSerializer).func_name == "relay.delivery.deliver"
+    )
+    assert run["ambiguous"] is True
+    assert any(step["error"] == "the worker died mid-run" for step in run["history"])
     assert len(sandbox.runs()) == 2
 
 
