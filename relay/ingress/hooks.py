@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.errors import BodyTooLarge, RequestTimeout, UnknownSource
+from relay.infra.metrics import DeadLetterReason
 from relay.ingress.answers import described, error_response, json_response
 from relay.ingress.checks.request import HookRequest
 from relay.ingress.origin import client_ip, public_url
@@ -24,7 +25,7 @@ from relay.mapping.parse import parse_body
 from relay.mapping.routes import map_event
 from relay.mapping.sources import Source
 from relay.mapping.split import split_events
-from relay.queue import records as outcome
+from relay.queue import records
 from relay.queue.records import EventStatus
 from relay.queue.store import StoredEvent
 from relay.settings import Settings
@@ -124,7 +125,7 @@ async def receive_hook(request: web.Request) -> web.Response:
         for run in event.runs:
             metrics.runs_enqueued.labels(run.route).inc()
         for run in event.dead_letters:
-            metrics.dead_letters.labels(run.route, "unmappable").inc()
+            metrics.dead_letters.labels(run.route, DeadLetterReason.UNMAPPABLE).inc()
         log.info(
             "event %s from %s: %s, %d run(s) queued, %d dead-lettered",
             event.record.event_id,
@@ -146,7 +147,7 @@ async def receive_hook(request: web.Request) -> web.Response:
 async def show_event(request: web.Request) -> web.Response:
     """``GET /events/{event_id}``: the event and the outcome of each of its runs."""
     event_id = request.match_info["event_id"]
-    view = await in_thread(request, outcome.read_event, request.app[REDIS], event_id)
+    view = await in_thread(request, records.read_event, request.app[REDIS], event_id)
     if view is None:
         return error_response(404, "unknown_event", f"no event {event_id!r} (never received, or expired)")
     return json_response(view.model_dump(mode="json"))

@@ -32,7 +32,7 @@ from relay import keys
 from relay.errors import RedisUnavailable
 from relay.mapping.routes import MappedEvent, PlannedRun, UnmappedRun
 from relay.mapping.split import IncomingEvent
-from relay.queue import records as outcome
+from relay.queue import records
 from relay.queue.jobs import dead_letter_unmapped, job_id_for, queue_run, relay_queue, run_job_fields
 from relay.queue.records import EventRecord, EventStatus, RunOutcome, RunStatus
 from relay.queue.retry import RetryPolicy
@@ -145,7 +145,7 @@ def _writes(
         dead_letter_unmapped(queue, settings, record, failure, pipe)
     # The document is kept so that a replay can map the event again after the config is fixed.
     document = None if mapped.ignored else doc
-    outcome.write_event(pipe, record, planned.runs + planned.dead_letters, settings.outcome_ttl_s, document)
+    records.write_event(pipe, record, planned.runs + planned.dead_letters, settings.outcome_ttl_s, document)
 
 
 @dataclass
