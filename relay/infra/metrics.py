@@ -22,7 +22,7 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNKNOWN_SOURCE = "_unknown"  # refusals of sources not in the config: senders choose those names
 
-# Read from Redis at scrape time (relay.metrics_state); listed here so that every name is in one place.
+# Read from Redis at scrape time (relay.queue.gauges); listed here so that every name is in one place.
 QUEUE_RUNS = "relay_queue_runs"
 QUEUE_OLDEST_AGE = "relay_queue_oldest_run_age_seconds"
 WORKERS = "relay_workers"
