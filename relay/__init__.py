@@ -1,26 +1,21 @@
 """phlo-relay: CRM and form webhooks in, Plivo PHLO runs out.
 
-The data path, one module a step, in the order a webhook travels:
+One package per step, in the order a webhook travels (each opens with what comes in and what goes out):
 
-1. ``ingress``   aiohttp app: ``POST /hooks/{source}``, ``GET /events/{event_id}``
-2. ``verify``    the sender's signature (or token, Basic auth, IP allow-list) on the raw bytes, with
-                 ``checks`` (one module per family of schemes); ``sources`` holds what a source can
-                 configure, ``origin`` the public URL and client address
-3. ``parse``     request body (JSON, form, multipart, XML) to one event document
-4. ``events``    a document to its events (batches split), each with its id and duplicate key
-5. ``config``    the mapping config: sources and routes, validated with pydantic
-6. ``mapping``   event document to PHLO runs (JMESPath conditions and payloads)
-7. ``enqueue``   runs stored as RQ jobs with the event's record and duplicate claim, in one transaction
-8. ``delivery``  the RQ job that delivers one run: breaker (``breaker``), rate limit (``ratelimit``),
-                 then the runner; ``worker`` runs the worker processes
-9. ``runner``    the client of Plivo's PHLO runner
-10. ``outcome``  event and run records with each run's history: queued, waiting, running, succeeded,
-                 failed, dead-lettered
-11. ``retry``    when a failed run is tried again: backoff with full jitter, Retry-After, attempts and age
-12. ``deadletters`` / ``replay``  list, show, purge and replay dead letters (``relay dlq``, ``admin`` API)
+1. ``ingress``  the aiohttp app: verify the sender (``verify`` with ``checks``), answer once stored;
+                admin API, health, ``relay serve``
+2. ``mapping``  a body to events (``parse``, ``split``) and each event to PHLO runs (``config``,
+                ``routes``, ``expressions``): pure code, no I/O
+3. ``queue``    the atomic ``store`` of events and runs as RQ ``jobs``; the event and run ``records``
+                (their one writer), the ``retry`` policy, the ``gauges`` metrics read
+4. ``worker``   RQ worker processes: the ``job`` gets its ``context`` as ctx, ``runs`` records each
+                transition once, ``stranded`` and ``rq_worker`` recover crashed runs
+5. ``runner``   the PHLO runner's ``client``, the account's ``ratelimit`` and ``breaker``, the ``sandbox``
+6. ``outcome``  ``deadletters`` listed, shown, purged, and ``replay`` (mapped again with the current config)
 
-Around it: ``settings``, ``errors``, ``keys``; the ``sandbox`` runner, ``serving``, ``redis_server`` and
-``dev`` for running it all on one machine; and ``cli``.
+Beneath them ``infra`` (Redis connections, logs, metrics, supervisor, in-process servers) and the ground
+modules ``settings`` (with ``redis_settings``), ``errors`` and ``keys``; above them ``dev`` (the whole
+relay on one machine) and ``cli``. ``delivery`` only re-exports the jobs for runs stored under that path.
 """
 
 __version__ = "0.1.0"
