@@ -299,7 +299,7 @@ def as_an_older_relay_stored_it(redis: Redis, job_id: str) -> None:
         for name, value in fields.items()
         if b"relay.worker.job." in value
     }
-    assert b"data" in older  # the job's function
+    assert {b"data", b"failure_callback_name"} <= set(older)  # the job's function and failure callback
     redis.hset(Job.key_for(job_id), mapping=older)  # type: ignore[arg-type]
     stored = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     assert stored.func_name == "relay.delivery.deliver"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -35,7 +34,7 @@ from tests.conftest import (
     drain_queue,
     poll,
 )
-from tests.worker.test_delivery_to_runner import FORM
+from tests.worker.test_delivery_to_runner import FORM, as_an_older_relay_stored_it
 
 
 @contextlib.contextmanager
@@ -229,11 +228,7 @@ async def test_a_run_stored_under_the_old_job_path_runs_and_its_crash_is_recorde
     sandbox.fail(None, 1, latency_ms=4000)
     client, event_ids = await post_events(aiohttp_client, quick, config, 1)
     [job_id] = relay_queue(redis, quick).get_job_ids()
-    key = Job.key_for(job_id)
-    data = json.loads(redis.hget(key, "data") or b"")
-    assert data[0] == "relay.worker.job.deliver"
-    data[0] = "relay.delivery.deliver"
-    redis.hset(key, mapping={"data": json.dumps(data), "failure_callback_name": "relay.delivery.on_failure"})
+    as_an_older_relay_stored_it(redis, job_id)
     with worker_process(quick) as doomed:
         await asyncio.to_thread(wait_for_runs, sandbox, 1)  # the request is in flight
         doomed.send_signal(signal.SIGKILL)
