@@ -130,7 +130,14 @@ class Settings(RedisSettings):
         default=20, ge=5, description="RQ's timeout of one delivery attempt; bounds crashed-run detection."
     )
     maintenance_interval_s: int = Field(
-        default=10, ge=1, description="How often workers look for runs of crashed workers."
+        default=2, ge=1, description="How often workers look for runs of crashed workers."
+    )
+    worker_concurrency: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Runs one worker process holds in flight; at the runner's latency L seconds, a process "
+        "delivers up to N / L runs/s.",
     )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of the admin API (dead letters); unset: the API is off."

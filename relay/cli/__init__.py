@@ -28,7 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=run.serve)
 
     worker = commands.add_parser("worker", help="run RQ workers that deliver PHLO runs")
-    worker.add_argument("--processes", type=positive_int, default=1, help="worker processes (default 1)")
+    worker.add_argument(
+        "--processes", type=positive_int, default=1, help="worker processes (default 1; one per core)"
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=None,
+        help="runs in flight per process (default RELAY_WORKER_CONCURRENCY, 64)",
+    )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(handler=run.worker)
 

@@ -47,6 +47,8 @@ def worker(settings: Settings, args: argparse.Namespace) -> int:
         names = ", ".join(without_credentials)
         raise SettingsError(f"PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN are not set; routes {names} need them")
     require_redis(settings)  # RQ would otherwise retry a missing Redis forever
+    if args.concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": args.concurrency})
     metrics.prepare_directory(settings.metrics_dir, processes=args.processes)
     return run_workers(settings, processes=args.processes, burst=args.burst)
 

@@ -16,7 +16,7 @@ import tempfile
 from enum import StrEnum
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -145,6 +145,31 @@ class RelayMetrics:
             ["account", "state"],
             registry=r,
         )
+        self.scheduled_start_delay = Histogram(
+            "relay_scheduled_run_start_delay_seconds",
+            "From a retry's or held run's due time to its start in a worker.",
+            buckets=WAIT_BUCKETS_S,
+            registry=r,
+        )
+        # Per worker process (a pid label in multiprocess mode); a dead process's values are dropped.
+        self.runs_in_flight = Gauge(
+            "relay_worker_runs_in_flight",
+            "Runs a worker process has in flight.",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.worker_concurrency = Gauge(
+            "relay_worker_concurrency",
+            "How many runs a worker process may have in flight (RELAY_WORKER_CONCURRENCY).",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.runs_abandoned = Counter(
+            "relay_runs_abandoned",
+            "Runs a worker gave up on and requeued, by why (deadline, shutdown).",
+            ["reason"],
+            registry=r,
+        )
         self.end_to_end = Histogram(
             "relay_run_end_to_end_seconds",
             "From a webhook's arrival to its run's success at the runner, by route.",
@@ -167,6 +192,10 @@ METRIC_NAMES = frozenset(
         "relay_rate_limit_wait_seconds",
         "relay_circuit_breaker_transitions_total",
         "relay_run_end_to_end_seconds",
+        "relay_scheduled_run_start_delay_seconds",
+        "relay_worker_runs_in_flight",
+        "relay_worker_concurrency",
+        "relay_runs_abandoned_total",
         QUEUE_RUNS,
         QUEUE_OLDEST_AGE,
         WORKERS,

@@ -40,6 +40,7 @@ from relay.runner.breaker import BreakerState
 from relay.settings import PlivoAccount
 from relay.worker.context import WorkerContext
 from relay.worker.runs import RunKeeper
+from relay.worker.slots import abandoned_flag
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,11 @@ def deliver(
         if job is not None:
             job.retries_left = 0
         raise DeadLetterError(f"run {job_id} was dead-lettered already: {run.last_error}")
+    if run.next_attempt_at is not None:  # a retry or a held run: how late after its due time it starts
+        ctx.metrics.scheduled_start_delay.observe(max(0.0, time.time() - run.next_attempt_at))
+    abandoned = abandoned_flag.get()
     keeper = RunKeeper(
-        ctx.redis, settings, ctx.metrics, event_id, job, RetryPolicy.of_job(policy, settings), run
+        ctx.redis, settings, ctx.metrics, event_id, job, RetryPolicy.of_job(policy, settings), run, abandoned
     )
     credentials = settings.account(account)
     if credentials is None:
@@ -118,6 +122,11 @@ def deliver(
         keeper.pause(pause)
         raise
     keeper.start()
+    if abandoned is not None and abandoned.is_set():
+        # Its worker gave up on it while it waited (a shutdown) and requeued it. Checked after start() is
+        # recorded: a worker abandoning it from now on finds it running and marks it ambiguous.
+        log.warning("run %s was abandoned before it was sent; not sent", job_id)
+        return {"abandoned": True}
     started = time.perf_counter()
     try:
         result = ctx.runner.run(credentials, phlo_id, payload)
@@ -177,22 +186,39 @@ def on_failure(
     exc: BaseException,
     tb: TracebackType | None,
 ) -> None:
-    """RQ failure callback: records a run whose worker died mid-job; RQ then retries it at once.
+    """RQ failure callback: records a run whose worker died mid-job (``requeue_abandoned``).
 
     ``ctx`` is the ctx of the worker that found the dead one's run (``RelayJob`` passes it).
     """
+    if issubclass(exc_type, AbandonedJobError):  # deliver() recorded everything else itself
+        requeue_abandoned(ctx, job, str(exc) or "the worker died mid-run", connection)
+
+
+def requeue_abandoned(ctx: WorkerContext, job: Job, reason: str, connection: Redis | None = None) -> None:
+    """Record a run whose attempt was cut short (its worker died, or gave up on it) and set its job's retry.
+
+    A run that may have reached the runner is recorded interrupted and ambiguous, and retried at once. One
+    that had not yet been sent, or whose end was recorded but not yet told to RQ, goes back to the queue
+    when it is due, without using an attempt: a success then finishes at once, unsent. A dead letter stays
+    one. The caller then lets RQ retry (or fail) the job as it says.
+    """
     # By the function, not its path: jobs stored before the packages name relay.delivery.deliver.
-    if not issubclass(exc_type, AbandonedJobError) or job.func is not deliver:
-        return  # deliver() recorded everything else itself
-    event_id = str(job.kwargs["event_id"])
-    run = records.read_run(connection, event_id, job.id)
-    if run is None:
+    if job.func is not deliver:
         return
+    redis = connection if connection is not None else ctx.redis
+    event_id = str(job.kwargs["event_id"])
+    run = records.read_run(redis, event_id, job.id)
+    if run is None:
+        return  # the event expired: RQ's retry budget decides
     policy = RetryPolicy.of_job(job.kwargs.get("policy"), ctx.settings)
-    keeper = RunKeeper(connection, ctx.settings, ctx.metrics, event_id, job, policy, run)
-    if run.status is RunStatus.RUNNING:  # it died with the request possibly out
-        with bind(job_id=job.id, event_id=event_id, route=run.route, source=job.meta.get("source")):
-            keeper.interrupted("the worker died mid-run")
+    keeper = RunKeeper(redis, ctx.settings, ctx.metrics, event_id, job, policy, run)
+    with bind(job_id=job.id, event_id=event_id, route=run.route, source=job.meta.get("source")):
+        if run.status is RunStatus.RUNNING:  # the request may have been out
+            keeper.interrupted(reason)
+        elif run.status is RunStatus.DEAD_LETTERED:
+            job.retries_left = 0
+        else:
+            keeper.requeue(max(0.0, (run.next_attempt_at or 0.0) - time.time()))
 
 
 def unmappable(ctx: WorkerContext, event_id: str, route: str, reason: str) -> None:

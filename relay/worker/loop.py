@@ -1,14 +1,13 @@
 """The worker processes that run the relay's jobs (``relay.worker.job``): ``relay worker``.
 
-Workers are RQ ``SimpleWorker``s (no fork per job), so each process keeps one context (runner client and
-its connection pool, breakers, rate limits) from job to job. A Redis restart does not end ``relay worker``:
-once Redis answers again it starts a fresh RQ worker. Several processes run under one supervisor, and the
-worker metrics are served from this process or one more.
+Each process is one ``RelayWorker`` (``relay.worker.threaded``) with up to ``RELAY_WORKER_CONCURRENCY`` runs
+in flight, all sharing one context (runner client and its connection pool, breakers, rate limits). A Redis
+restart does not end ``relay worker``: once Redis answers again it starts a fresh RQ worker. Several
+processes run under one supervisor, and the worker metrics are served from this process or one more.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -25,13 +24,13 @@ from relay.infra.supervisor import Child, supervise
 from relay.queue.gauges import scrape_registry
 from relay.settings import Settings
 from relay.worker.context import WorkerContext
-from relay.worker.rq_worker import ABANDONED_GRACE_S, RelayWorker
+from relay.worker.threaded import RelayWorker
 
 log = logging.getLogger(__name__)
 
 
 def work(settings: Settings, *, burst: bool = False, context: WorkerContext | None = None) -> None:
-    """One worker process: a RelayWorker with RQ's scheduler on the relay's queue, until stopped.
+    """One worker process: a RelayWorker on the relay's queue, until stopped.
 
     Its jobs share ``context`` (default: one built from ``settings``), which it closes when done.
     """
@@ -43,7 +42,7 @@ def work(settings: Settings, *, burst: bool = False, context: WorkerContext | No
                 [settings.queue_name], connection=context.redis, serializer=JSONSerializer, context=context
             )
             try:
-                worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+                worker.work(burst=burst, logging_level=settings.log_level)
             except RedisError as exc:  # RQ's teardown writes the worker's death to Redis
                 log.warning("worker %s ended without Redis: %s", worker.name, exc)
             if burst or worker.stop_requested:
@@ -53,11 +52,6 @@ def work(settings: Settings, *, burst: bool = False, context: WorkerContext | No
             log.error("worker %s stopped on an error; starting a new one once Redis answers", worker.name)
             if not _wait_for_redis(context.redis):
                 return
-            if worker.scheduler is not None:
-                # Its scheduler died with it; its lock would keep every other scheduler away for a minute
-                # (if Redis is gone again, it expires on its own).
-                with contextlib.suppress(RedisError):
-                    worker.scheduler.release_locks()  # type: ignore[no-untyped-call]
     finally:
         context.close()
 
@@ -92,10 +86,8 @@ def run_workers(settings: Settings, *, processes: int = 1, burst: bool = False) 
                 range(1, processes + 1)]  # fmt: skip
     if with_metrics:
         children.append(Child("worker-metrics", partial(_metrics_only, settings)))
-    # A worker finishes its run before it stops: give it the job timeout, then some.
-    return supervise(
-        children, stop_timeout_s=settings.job_timeout_s + ABANDONED_GRACE_S, restart_clean_exits=not burst
-    )
+    # A worker finishes its runs within the shutdown grace, then requeues the rest: give it that, and some.
+    return supervise(children, stop_timeout_s=settings.shutdown_grace_s + 5, restart_clean_exits=not burst)
 
 
 def _wait_for_redis(redis: Redis) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from relay.queue.records import RunOutcome, RunStatus, Step
 from relay.queue.retry import GiveUp, RetryPolicy, next_attempt
 from relay.runner.client import RunResult
 from relay.settings import Settings
+from relay.worker.rq_worker import RelayJob
 
 # A run's lines keep the logger name of its job (relay.worker.job), which log queries select on.
 log = logging.getLogger("relay.worker.job")
@@ -48,6 +50,8 @@ class RunKeeper:
     job: Job | None
     policy: RetryPolicy
     run: RunOutcome
+    # Set once its worker gave up on this attempt and requeued the run: then only a success is recorded.
+    abandoned: threading.Event | None = None
 
     def start(self) -> None:
         """An attempt begins (not a step of its own: the attempt's end is)."""
@@ -63,6 +67,10 @@ class RunKeeper:
         step = Step(at=now, status=RunStatus.WAITING, note=pause.reason, retry_in_s=round(pause.delay_s, 1))
         self._record(step, "run %s waiting %.1f s: %s", pause.delay_s, pause.reason,
                      next_attempt_at=now + pause.delay_s)  # fmt: skip
+
+    def requeue(self, delay_s: float) -> None:
+        """Send the run back to the queue in ``delay_s``, without an attempt, and without a history step."""
+        self._schedule(delay_s)
 
     def give_up(self, reason: str, why: DeadLetterReason, **changes: Any) -> None:
         """Dead-letter the run: ``reason`` is its error, ``why`` the metrics' label."""
@@ -153,6 +161,10 @@ class RunKeeper:
         ``line`` is logged with the run's job id and ``args``, and the step's outcome, attempt and retry
         delay as fields.
         """
+        if step.status is not RunStatus.SUCCEEDED and self.abandoned is not None and self.abandoned.is_set():
+            # Its worker recorded it interrupted and requeued it; a newer attempt may be writing.
+            log.warning("run %s: late %s of an abandoned attempt not recorded", self.run.job_id, step.status)
+            return
         self.metrics.runs.labels(self.run.route, _RUNS_OUTCOME[step.status]).inc()
         self._save(step, pipe, status=step.status, **changes)
         fields = {"attempt": step.attempt, "retry_in_s": step.retry_in_s}
@@ -182,6 +194,12 @@ class RunKeeper:
             self.job.retries_left = max(
                 self.policy.attempts - self.run.attempts + self.policy.attempts_before, 1
             )
-            # RQ schedules in whole seconds, rounding the due time down: one more second keeps a retry
-            # from ever coming sooner than asked (Retry-After is a floor).
-            self.job.retry_intervals = [math.ceil(delay_s) + 1 if delay_s > 0 else 0]
+            if delay_s <= 0:
+                self.job.retry_intervals = [0]  # RQ queues it again at once
+            elif isinstance(self.job, RelayJob):
+                self.job.retry_intervals = [math.ceil(delay_s)]
+                self.job.due_at = time.time() + delay_s  # its exact score in RQ's scheduled registry
+            else:
+                # RQ schedules in whole seconds, rounding the due time down: one more second keeps a
+                # retry from ever coming sooner than asked (Retry-After is a floor).
+                self.job.retry_intervals = [math.ceil(delay_s) + 1]

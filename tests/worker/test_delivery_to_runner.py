@@ -94,7 +94,7 @@ async def test_a_worker_keeps_its_runner_connection_from_job_to_job(
     for number in range(3):
         status, _ = await post(client, "website-form", {**FORM, "submission_id": f"sub-{number}"})
         assert status == 202
-    drain_queue(settings)
+    drain_queue(settings, "--concurrency", "1")  # one at a time: each reuses the one connection
     runs = sandbox.runs()
     assert len(runs) == 3
     assert len({run["client_port"] for run in runs}) == 1
