@@ -65,13 +65,15 @@ class RunnerClient:
         *,
         connect_timeout_s: float,
         read_timeout_s: float,
-        max_connections: int = 10,
+        keepalive_connections: int = 10,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # No cap on open connections: a worker's slots cap the runs in flight, and a run its worker
+            # abandoned may still hold one until its read timeout; a cap would make the next run wait.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=keepalive_connections),
             headers={
                 "User-Agent": USER_AGENT,
                 "Accept": "application/json",

@@ -36,7 +36,7 @@ class WorkerContext:
             settings.runner_url,
             connect_timeout_s=settings.runner_connect_timeout_s,
             read_timeout_s=settings.runner_read_timeout_s,
-            max_connections=settings.worker_concurrency,  # a connection for every run in flight
+            keepalive_connections=settings.worker_concurrency,  # one kept for every run in flight
         )
         return cls(settings=settings, redis=connect(settings), runner=runner)
 

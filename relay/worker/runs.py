@@ -161,10 +161,15 @@ class RunKeeper:
         ``line`` is logged with the run's job id and ``args``, and the step's outcome, attempt and retry
         delay as fields.
         """
-        if step.status is not RunStatus.SUCCEEDED and self.abandoned is not None and self.abandoned.is_set():
-            # Its worker recorded it interrupted and requeued it; a newer attempt may be writing.
-            log.warning("run %s: late %s of an abandoned attempt not recorded", self.run.job_id, step.status)
-            return
+        if self.abandoned is not None and self.abandoned.is_set():
+            # Its worker recorded it interrupted and requeued it; a newer attempt may be writing. Only a
+            # success is news then (the PHLO ran): added to the record as it is now, which may hold a
+            # retry's steps, and marked ambiguous, since that retry may have run it too.
+            if step.status is not RunStatus.SUCCEEDED:
+                log.warning("run %s: late %s of an abandoned attempt ignored", self.run.job_id, step.status)
+                return
+            self.run = records.read_run(self.redis, self.event_id, self.run.job_id) or self.run
+            changes["ambiguous"] = True
         self.metrics.runs.labels(self.run.route, _RUNS_OUTCOME[step.status]).inc()
         self._save(step, pipe, status=step.status, **changes)
         fields = {"attempt": step.attempt, "retry_in_s": step.retry_in_s}

@@ -28,15 +28,20 @@ abandoned_flag: contextvars.ContextVar[threading.Event | None] = contextvars.Con
 
 @dataclass(eq=False)
 class InFlight:
-    """One run a worker has started: its RQ job and execution, and its deadline (``time.monotonic()``)."""
+    """One run a worker has started: its RQ job and execution, and how long it may take."""
 
     job: Job
     queue: Queue
     execution: Execution
-    deadline: float
+    timeout_s: float
     started: float = field(default_factory=time.monotonic)
     abandoned: threading.Event = field(default_factory=threading.Event)
     finishing: bool = False
+
+    @property
+    def deadline(self) -> float:
+        """When it is abandoned, on the ``time.monotonic()`` clock."""
+        return self.started + self.timeout_s
 
 
 class Slots:

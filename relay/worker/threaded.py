@@ -132,7 +132,7 @@ class RelayWorker(BaseWorker):
     def _start(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
         timeout_s = job.timeout if job.timeout and job.timeout > 0 else self.context.settings.job_timeout_s
-        self.slots.start(InFlight(job, queue, execution, time.monotonic() + timeout_s), self._perform)
+        self.slots.start(InFlight(job, queue, execution, timeout_s), self._perform)
 
     def _perform(self, run: InFlight) -> None:
         """A run's thread: RQ's ``perform_job`` without SIGALRM, and without RQ's bookkeeping if abandoned."""
@@ -169,7 +169,7 @@ class RelayWorker(BaseWorker):
             self._next_beat = at + HEARTBEAT_INTERVAL_S
             self._beat()
         for run in self.slots.overdue(at):
-            self._abandon(run, f"outlived its job timeout ({int(run.deadline - run.started)} s)", "deadline")
+            self._abandon(run, f"outlived its job timeout ({run.timeout_s:g} s)", "deadline")
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
         self.context.metrics.runs_in_flight.set(len(self.slots))

@@ -75,6 +75,7 @@ def fault_settings(redis_url: str, runner_url: str, config_path: Path, **overrid
         "config_path": config_path,
         "job_timeout_s": 5,
         "maintenance_interval_s": 1,
+        "worker_concurrency": 8,  # every worker holds several runs in flight: a kill cuts short several
         "runner_connect_timeout_s": 1.0,
         "runner_read_timeout_s": 1.0,
         "retry_base_delay_s": 0.5,
