@@ -19,7 +19,8 @@ TIMES_OF_THE_MOMENT = {b"enqueued_at", b"created_at"}  # times of the moment, di
 
 
 def scheduled_job(queue: Queue, job_id: str, due: datetime) -> Job:
-    return queue.enqueue_at(due, "relay.worker.job.deliver", job_id=job_id, kwargs={"event_id": job_id})
+    job: Job = queue.enqueue_at(due, "relay.worker.job.deliver", job_id=job_id, kwargs={"event_id": job_id})
+    return job
 
 
 def state_after(redis: Redis, promote: Any) -> dict[str, Any]:
@@ -44,9 +45,9 @@ def state_after(redis: Redis, promote: Any) -> dict[str, Any]:
 
 def by_rq(queue: Queue) -> None:
     scheduler = RQScheduler([queue], connection=queue.connection, serializer=JSONSerializer)
-    scheduler.acquire_locks()
-    scheduler.enqueue_scheduled_jobs()
-    scheduler.release_locks()
+    scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+    scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+    scheduler.release_locks()  # type: ignore[no-untyped-call]
 
 
 def by_relay(queue: Queue) -> None:
@@ -105,4 +106,4 @@ def test_the_promoter_keeps_stock_rq_schedulers_off_the_queue(redis: Redis) -> N
     DuePromoter(redis, queue).promote()
     assert redis.get(RQScheduler.get_locking_key(queue.name)) == PROMOTER_NAME.encode()
     scheduler = RQScheduler([queue], connection=redis, serializer=JSONSerializer)
-    assert scheduler.acquire_locks() == set()  # a stock `rq worker --with-scheduler` would move nothing
+    assert scheduler.acquire_locks() == set()  # type: ignore[no-untyped-call]  # a stock `rq worker --with-scheduler` would move nothing
