@@ -381,7 +381,7 @@ def test_serve_and_worker_write_only_json_lines_with_context_masked_pii_and_no_s
             [sys.executable, "-m", "relay", "worker", "--burst"], env=env, capture_output=True, timeout=60
         )
         assert worker.returncode == 0, worker.stderr.decode()
-    assert [run["status"] for run in sandbox.runs()] == [500, 404, 201]
+    assert sorted(run["status"] for run in sandbox.runs()) == [201, 404, 500]  # runs in flight together
 
     serve_raw, worker_raw = serve_log.read_bytes(), worker.stderr
     for name, value in secret_values.items():
