@@ -127,7 +127,7 @@ class Settings(RedisSettings):
         default=300.0, gt=0, description="Cap of the open time after failed probes."
     )
     job_timeout_s: int = Field(
-        default=20, ge=5, description="RQ's timeout of one delivery attempt; bounds crashed-run detection."
+        default=20, ge=5, description="How long one delivery attempt may take; then it is abandoned, retried."
     )
     maintenance_interval_s: int = Field(
         default=2, ge=1, description="How often workers look for runs of crashed workers."
@@ -150,7 +150,10 @@ class Settings(RedisSettings):
         default=30 * 86400, ge=60, description="How long dead-lettered runs stay in RQ's failed registry."
     )
     shutdown_grace_s: float = Field(
-        default=30.0, gt=0, description="After SIGTERM, the ingress exits within this (drain included)."
+        default=30.0,
+        gt=0,
+        description="After SIGTERM, the ingress exits within this (drain included), and a worker's runs in "
+        "flight finish within it or go back to the queue.",
     )
     drain_delay_s: float = Field(
         default=5.0,

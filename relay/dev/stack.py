@@ -100,6 +100,7 @@ async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | No
             )
             runners.append((await start_site(create_sandbox_app(sandbox), "127.0.0.1", sandbox_port))[0])
         runners.append((await start_site(create_app(settings, config), settings.host, settings.port))[0])
+        # One worker process: it holds RELAY_WORKER_CONCURRENCY runs in flight.
         worker = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -121,7 +122,7 @@ async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | No
             raise RelayError(f"the worker exited unexpectedly with code {worker.returncode}")
     finally:
         if worker is not None and worker.returncode is None:
-            worker.terminate()  # RQ's warm shutdown: the current run finishes first
+            worker.terminate()  # a warm shutdown: the runs in flight finish first
             try:
                 await asyncio.wait_for(worker.wait(), WORKER_STOP_TIMEOUT_S)
             except TimeoutError:

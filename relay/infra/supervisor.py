@@ -2,7 +2,7 @@
 
 The supervisor forks its children after the relay's modules are imported, so they share those pages; it
 restarts a child that dies, and on SIGTERM or SIGINT passes SIGTERM to each child and waits for them (each
-drains or finishes its run first; a second signal stops them at once), killing what is left after
+drains or finishes its runs in flight first; a second signal stops them at once), killing what is left after
 ``stop_timeout_s``. Children run in a
 process group of their own, so a terminal's Ctrl-C reaches only the supervisor, which stops them in order;
 on Linux a child is sent SIGTERM if the supervisor itself dies. RQ's WorkerPool does the like for workers

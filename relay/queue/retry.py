@@ -3,7 +3,7 @@
 The policy is resolved when a run is queued (settings, then the route's overrides) and travels with the job,
 so workers need no config. ``next_attempt`` is the decision after a failed attempt: retry in so many seconds,
 or give up with a typed reason (the dead-letter metric's label) and the words the run's error gets. Retries
-are scheduled through RQ's scheduler, never slept in a worker.
+wait in RQ's scheduled registry, never slept in a worker, until a worker moves them (``relay.queue.due``).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Before each attempt a run passes its account's circuit breaker and rate limit (both in Redis, shared by every
 worker); a run held back there is rescheduled without using an attempt. After a failure the run decides its
-own retry (``relay.queue.retry``) and RQ's scheduler carries it out; a run out of attempts or age ends in RQ's
-failed registry: the dead letters dashboards show. Every step is appended to the run's history
-(``relay.worker.runs``). Each function takes the worker's context first (``ctx``): ``RelayJob`` passes it,
-as arq hands its jobs ``ctx``.
+own retry (``relay.queue.retry``), which a worker queues when it is due (``relay.queue.due``); a run out of
+attempts or age ends in RQ's failed registry: the dead letters dashboards show. Every step is appended to
+the run's history (``relay.worker.runs``). Each function takes the worker's context first (``ctx``):
+``RelayJob`` passes it, as arq hands its jobs ``ctx``.
 """
 
 from __future__ import annotations

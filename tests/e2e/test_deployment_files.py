@@ -191,7 +191,8 @@ def test_stop_grace_periods_outlast_the_relays_own_shutdown() -> None:
     drain_s, grace_s = defaults["drain_delay_s"].default, defaults["shutdown_grace_s"].default
     assert services["ingress"]["stop_signal"] == services["worker"]["stop_signal"] == "SIGTERM"
     assert duration_s(services["ingress"]["stop_grace_period"]) > drain_s + grace_s
-    assert duration_s(services["worker"]["stop_grace_period"]) > defaults["job_timeout_s"].default
+    # A worker's runs finish within the grace; its supervisor (relay.worker.loop) kills 5 s after that.
+    assert duration_s(services["worker"]["stop_grace_period"]) > grace_s + 5
 
 
 def test_health_checks_ask_the_endpoints_each_process_serves() -> None:
@@ -264,8 +265,9 @@ def procfile_argv(command: str, env: dict[str, str]) -> list[str]:
     ("env", "web_processes", "worker_processes"),
     [
         ({"PORT": "5000"}, 1, 1),
-        ({"PORT": "5000", "WEB_CONCURRENCY": "3"}, 3, 3),
-        ({"PORT": "5000", "WEB_CONCURRENCY": "3", "WORKER_CONCURRENCY": "8"}, 3, 8),
+        # The buildpack's WEB_CONCURRENCY sizes the web only: a worker process per core holds many runs.
+        ({"PORT": "5000", "WEB_CONCURRENCY": "3"}, 3, 1),
+        ({"PORT": "5000", "WEB_CONCURRENCY": "3", "RELAY_WORKER_PROCESSES": "2"}, 3, 2),
     ],
 )
 def test_procfile_honours_port_and_concurrency(
@@ -280,6 +282,7 @@ def test_procfile_honours_port_and_concurrency(
     assert (web_args.command, web_args.host, web_args.port) == ("serve", "0.0.0.0", 5000)
     assert web_args.processes == web_processes
     assert (worker_args.command, worker_args.processes) == ("worker", worker_processes)
+    assert worker_args.concurrency is None  # RELAY_WORKER_CONCURRENCY applies
 
 
 # --- deploy/haproxy.cfg ---------------------------------------------------------------------------------
@@ -406,6 +409,7 @@ def test_grafana_dashboard_is_a_provisionable_dashboard() -> None:
             assert panel["targets"] and all(target["expr"] for target in panel["targets"]), panel["title"]
     titles = " ".join(panel["title"].lower() for panel in panels)
     wanted = ["events", "refusals", "ingress latency", "outcome", "runner latency", "retries", "dead letters"]
+    wanted += ["runs in flight", "saturation", "start delay", "abandoned"]
     assert [title for title in wanted if title not in titles] == []
 
 

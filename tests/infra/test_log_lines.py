@@ -375,10 +375,14 @@ def test_serve_and_worker_write_only_json_lines_with_context_masked_pii_and_no_s
         event_a, event_b = accepted.json()["event_id"], survey.json()["event_id"]
         job_a, job_b = f"{event_a}-callback", f"{event_b}-not-deployed"
 
-        # The runner fails once with a message echoing the number, the address and even the token.
+        # The runner fails once with a message echoing the number, the address and even the token. One run
+        # at a time, so that the first request, the one that fails, is the first job's.
         sandbox.fail(500, 1, error=f"cannot reach {PHONE} for {EMAIL} with {SANDBOX_AUTH_TOKEN}")
         worker = subprocess.run(
-            [sys.executable, "-m", "relay", "worker", "--burst"], env=env, capture_output=True, timeout=60
+            [sys.executable, "-m", "relay", "worker", "--burst", "--concurrency", "1"],
+            env=env,
+            capture_output=True,
+            timeout=60,
         )
         assert worker.returncode == 0, worker.stderr.decode()
     assert sorted(run["status"] for run in sandbox.runs()) == [201, 404, 500]  # runs in flight together
