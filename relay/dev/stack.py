@@ -126,8 +126,12 @@ async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | No
             try:
                 await asyncio.wait_for(worker.wait(), WORKER_STOP_TIMEOUT_S)
             except TimeoutError:
-                worker.kill()
-                await worker.wait()
+                worker.terminate()  # a second signal: it requeues the runs still in flight, at once
+                try:
+                    await asyncio.wait_for(worker.wait(), WORKER_STOP_TIMEOUT_S)
+                except TimeoutError:
+                    worker.kill()
+                    await worker.wait()
         for runner in reversed(runners):
             await runner.cleanup()
 
