@@ -7,9 +7,11 @@ One package per step, in the order a webhook travels (each opens with what comes
 2. ``mapping``  a body to events (``parse``, ``split``) and each event to PHLO runs (``config``,
                 ``routes``, ``expressions``): pure code, no I/O
 3. ``queue``    the atomic ``store`` of events and runs as RQ ``jobs``; the event and run ``records``
-                (their one writer), the ``retry`` policy, the ``gauges`` metrics read
-4. ``worker``   RQ worker processes: the ``job`` gets its ``context`` as ctx, ``runs`` records each
-                transition once, ``stranded`` and ``rq_worker`` recover crashed runs
+                (their one writer), the ``retry`` policy, ``due`` retries back into the queue, the
+                ``gauges`` metrics read
+4. ``worker``   RQ worker processes (``threaded``), many runs in flight each (``slots``): the ``job``
+                gets its ``context`` as ctx, ``runs`` records each transition once, ``stranded`` and
+                ``rq_worker`` recover crashed runs
 5. ``runner``   the PHLO runner's ``client``, the account's ``ratelimit`` and ``breaker``, the ``sandbox``
 6. ``outcome``  ``deadletters`` listed, shown, purged, and ``replay`` (mapped again with the current config)
 
