@@ -43,12 +43,14 @@ class Case:
     pool_mode: bool = True  # several processes: `relay worker --processes K`, else K separate processes
 
     def describe(self) -> str:
-        per = "default concurrency" if self.concurrency is None else f"--concurrency {self.concurrency}"
+        """The workers as a command line, for the document."""
+        flag = "" if self.concurrency is None else f" --concurrency {self.concurrency}"
         if self.processes == 1:
-            return f"one `relay worker` ({per})"
+            default = f" (default concurrency, {DEFAULT_CONCURRENCY})"
+            return f"one `relay worker{flag}`" + ("" if flag else default)
         if self.pool_mode:
-            return f"`relay worker --processes {self.processes}` ({per})"
-        return f"{self.processes} separate `relay worker` processes ({per})"
+            return f"`relay worker --processes {self.processes}{flag}`"
+        return f"{self.processes} separate `relay worker{flag}` processes"
 
 
 def steady_rate(received_at: list[float], filled_at: float) -> tuple[float, float]:

@@ -171,6 +171,20 @@ def rows(workers: int) -> list[Row]:
             target=Target("==", 0),
         ),
         Row(
+            memory,
+            "ingress process under load (wrk, 32 connections), peak RSS",
+            "ingress.relay.rss_mib",
+            "MiB",
+        ),
+        Row(memory, "ingress process during the burst, peak RSS", "burst.ingress_rss_mib", "MiB"),
+        Row(memory, "one worker process (default concurrency), idle, RSS", "worker.idle_rss_mib", "MiB"),
+        Row(
+            memory,
+            "one worker process (default concurrency), at 300 ms, peak RSS",
+            "worker.busy_rss_mib",
+            "MiB",
+        ),
+        Row(
             scheduling,
             "longest wait past a retry's due time, 1 of 3 workers SIGKILLed (before: 63 s, RQ's "
             "scheduler, issue 14's figure: not measurable beside it)",
@@ -197,20 +211,6 @@ def rows(workers: int) -> list[Row]:
         Row(scheduling, "of them due after the kill", "sched.after.count"),
         Row(scheduling, "runs whose attempt the kill cut short (crash recovery)", "sched.cut_short"),
         Row(scheduling, "runs not delivered", "sched.lost", target=Target("==", 0)),
-        Row(
-            memory,
-            "ingress process under load (wrk, 32 connections), peak RSS",
-            "ingress.relay.rss_mib",
-            "MiB",
-        ),
-        Row(memory, "ingress process during the burst, peak RSS", "burst.ingress_rss_mib", "MiB"),
-        Row(memory, "one worker process (default concurrency), idle, RSS", "worker.idle_rss_mib", "MiB"),
-        Row(
-            memory,
-            "one worker process (default concurrency), at 300 ms, peak RSS",
-            "worker.busy_rss_mib",
-            "MiB",
-        ),
     ]
 
 
