@@ -122,8 +122,8 @@ def render(lines: Sequence[Line], run: Run) -> str:
     out += ["## How each figure is measured", ""]
     out += [f"- {line}" for line in run.method]
     out += ["", "### RSS and PSS", "", RSS_PSS, "", "## Run it", "", "```sh"]
-    out += [".venv/bin/python bench/run.py            # everything, 3 repetitions (~15 min)"]
-    out += [".venv/bin/python bench/run.py --quick    # smaller, 1 repetition (~2 min)"]
+    out += [".venv/bin/python bench/run.py            # everything, 3 repetitions (~22 min)"]
+    out += [".venv/bin/python bench/run.py --quick    # smaller, 1 repetition (~4 min)"]
     out += [".venv/bin/python bench/run.py --only ingress,latency --repeat 5 --write docs/performance.md"]
     out += ["```", ""]
     return "\n".join(out)

@@ -112,6 +112,11 @@ class Service:
         # Forked children (a worker pool's) may outlive a parent that was killed: end them too.
         self._signal_group(signal.SIGKILL)
 
+    def kill(self) -> None:
+        """SIGKILL to its process group (a crash: nothing of it runs on), and reap it."""
+        self._signal_group(signal.SIGKILL)
+        self.process.wait()
+
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)  # the session we started it in: its pid is the group id

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ import aiohttp
 import httpx
 
 from bench.harness import BenchError
-from bench.signing import SIGNATURE_HEADER, SignedRequest, sign
+from bench.signing import SIGNATURE_HEADER, SignedRequest, sign, signed_requests
+from bench.stack import Settings, Stack
 
 
 @dataclass
@@ -61,6 +63,21 @@ async def _post_each(url: str, requests: Sequence[SignedRequest], concurrency: i
 def post_each(url: str, requests: Sequence[SignedRequest], concurrency: int = 32) -> Sent:
     """Send every request once with ``concurrency`` senders; returns when all are answered."""
     return asyncio.run(_post_each(url, requests, concurrency))
+
+
+def queue_runs(stack: Stack, runs: int, prefix: str = "dlv", settings: Settings | None = None) -> Sent:
+    """Queue ``runs`` real runs through a ``relay serve`` started for it (and stopped); all must be 202.
+
+    The event ids, which the payload's ``ref`` carries to the runner, are ``{prefix}-{hex}-{n}``. A run's
+    retry policy comes from the ingress's ``settings`` (``RELAY_RETRY_*``): it travels with the job.
+    """
+    ingress, url = stack.start_ingress(settings=settings)
+    try:
+        sent = post_each(url, list(signed_requests(stack.secret, f"{prefix}-{uuid.uuid4().hex[:12]}", runs)))
+    finally:
+        stack.stop(ingress)
+    sent.require_all_accepted(runs)
+    return sent
 
 
 async def _post_paced(url: str, requests: Sequence[SignedRequest], rate_per_s: float) -> Sent:

@@ -67,6 +67,11 @@ class Sandbox:
         fault = {"latency_ms": latency_ms, "count": None}
         self.http.post("/_sandbox/faults", json=fault).raise_for_status()
 
+    def fail_next(self, count: int, status: int, retry_after_s: int | None = None) -> None:
+        """The next ``count`` run requests are answered ``status`` (with ``Retry-After``, if given)."""
+        fault = {"status": status, "count": count, "retry_after": retry_after_s}
+        self.http.post("/_sandbox/faults", json=fault).raise_for_status()
+
     def runs(self) -> list[dict[str, Any]]:
         runs: list[dict[str, Any]] = self.http.get("/_sandbox/runs").raise_for_status().json()["runs"]
         return runs
@@ -156,11 +161,17 @@ class Stack:
         *,
         pool: bool,
         burst: bool = False,
+        concurrency: int | None = None,
         settings: Settings | None = None,
     ) -> list[Service]:
-        """``count`` relay workers: one ``relay worker --processes count`` (pool), or separate processes."""
+        """``count`` relay workers: one ``relay worker --processes count`` (pool), or separate processes.
+
+        ``concurrency``: each process's runs in flight (``--concurrency``); None leaves the default.
+        """
         env = self.env(sandbox, settings)
         flags = ["--burst"] if burst else []
+        if concurrency is not None:
+            flags += ["--concurrency", str(concurrency)]
         if pool and count > 1:
             command = [*RELAY, "worker", "--processes", str(count), *flags]
             return [self.start(f"workers-{count}", command, env)]

@@ -1,4 +1,4 @@
-"""Issue 6's targets, figure by figure: what each row of the report shows and the bound it must meet."""
+"""The targets of issues 6 and 14, figure by figure: what each row of the report shows and its bound."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from bench.harness import Figures
 
-MEMORY_TARGET_MIB = 1.5e9 / 2**20  # "under 1.5 GB", read strictly: 1.5 x 10^9 bytes, 1430 MiB
+# Issue 14's "≥ 58 runs/s" at Plivo's limit: the relay's limiter allows 300 per 5.2 s (its 0.2 s margin),
+# 57.7 runs/s at most, which the issue's own "before" (57.6) shows as 58. Judged as what rounds to 58.
+SUSTAINED_TARGET_PER_S = 57.5
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     "<=": operator.le,
@@ -42,7 +44,7 @@ class Row:
 def rows(workers: int) -> list[Row]:
     """Every figure the report shows, in order. ``workers`` is the pool size of the 300 ms case."""
     ingress, delivery, latency = "1. Ingress", "2. Delivery", "3. Latency"
-    burst, memory = "4. Burst", "5. Memory"
+    burst, memory, scheduling = "4. Burst", "5. Memory", "6. Scheduling"
     bare = "ingress.bare"
     return [
         Row(ingress, "accepted/s: bare aiohttp, read body, 202 (the baseline)", f"{bare}.rate", "/s"),
@@ -109,34 +111,36 @@ def rows(workers: int) -> list[Row]:
         ),
         Row(
             delivery,
-            "runs/s: 1 relay worker, sandbox at once (baseline: stock RQ SimpleWorker, no-op)",
+            "runs/s: 1 relay worker (default concurrency), sandbox at once, rate limit lifted "
+            "(baseline: stock RQ SimpleWorker, no-op; before: 181 /s)",
             "delivery.relay1.rate",
             "/s",
             "delivery.rq.rate",
             "delivery.relay1.ratio",
-            Target(">=", 0.8, on="ratio"),
+            Target(">=", 181),
         ),
         Row(
             delivery,
-            f"sustained runs/s: {workers} workers, runner answering after 300 ms",
-            "delivery.pool.rate",
-            "/s",
-            target=Target(">=", 55),
+            "1 relay worker / stock RQ SimpleWorker",
+            "delivery.relay1.ratio",
+            "x",
+            target=Target(">=", 0.8),
+        ),
+        *_at_latency(delivery, 300, workers, memory_bound_mib=150),
+        Row(
+            delivery,
+            f"at 300 ms: RSS sum of the {workers} processes / RSS of the one",
+            "delivery.one300.memory_less",
+            "x",
+            target=Target(">=", 8),
         ),
         Row(
             delivery,
-            "most runs in any 5 s window (Plivo allows 300)",
-            "delivery.pool.max_5s",
-            target=Target("<=", 300),
+            f"at 300 ms: PSS sum of the {workers} processes / PSS of the one",
+            "delivery.one300.pss_less",
+            "x",
         ),
-        Row(
-            delivery,
-            f"all {workers} worker processes, peak RSS sum",
-            "delivery.pool.rss_mib",
-            "MiB",
-            target=Target("<=", MEMORY_TARGET_MIB),
-        ),
-        Row(delivery, f"all {workers} worker processes, peak PSS sum", "delivery.pool.pss_mib", "MiB"),
+        *_at_latency(delivery, 1000, workers, memory_bound_mib=200),
         Row(
             latency,
             "webhook arrival to runner receipt, p50 (50 events/s, idle workers)",
@@ -172,8 +176,78 @@ def rows(workers: int) -> list[Row]:
             "MiB",
         ),
         Row(memory, "ingress process during the burst, peak RSS", "burst.ingress_rss_mib", "MiB"),
-        Row(memory, "one worker process, idle, RSS", "worker.idle_rss_mib", "MiB"),
-        Row(memory, "one worker process, busy (largest seen), RSS", "worker.busy_rss_mib", "MiB"),
+        Row(memory, "one worker process (default concurrency), idle, RSS", "worker.idle_rss_mib", "MiB"),
+        Row(
+            memory,
+            "one worker process (default concurrency), at 300 ms, peak RSS",
+            "worker.busy_rss_mib",
+            "MiB",
+        ),
+        Row(
+            scheduling,
+            "longest wait past a retry's due time, 1 of 3 workers SIGKILLed (before: 63 s, RQ's "
+            "scheduler, issue 14's figure: not measurable beside it)",
+            "sched.max_s",
+            "s",
+            target=Target("<=", 5),
+        ),
+        Row(scheduling, "p99 wait past a retry's due time", "sched.p99_s", "s"),
+        Row(
+            scheduling,
+            "longest wait past due, retries due after the kill (baseline: due before it, 3 workers)",
+            "sched.after.max_s",
+            "s",
+            "sched.before.max_s",
+        ),
+        Row(
+            scheduling,
+            "p99 wait past due, retries due after the kill (baseline: due before it)",
+            "sched.after.p99_s",
+            "s",
+            "sched.before.p99_s",
+        ),
+        Row(scheduling, "retries measured", "sched.retries"),
+        Row(scheduling, "of them due after the kill", "sched.after.count"),
+        Row(scheduling, "runs whose attempt the kill cut short (crash recovery)", "sched.cut_short"),
+        Row(scheduling, "runs not delivered", "sched.lost", target=Target("==", 0)),
+    ]
+
+
+def _at_latency(section: str, latency_ms: int, workers: int, memory_bound_mib: float) -> list[Row]:
+    """One process at its default concurrency, beside ``workers`` processes of one run each (before)."""
+    one, pool, at = f"delivery.one{latency_ms}", f"delivery.pool{latency_ms}", f"at {latency_ms:,} ms"
+    return [
+        Row(
+            section,
+            f"sustained runs/s {at}: 1 relay worker (baseline: {workers} processes, --concurrency 1)",
+            f"{one}.rate",
+            "/s",
+            f"{pool}.rate",
+            f"{one}.rate_ratio",
+            Target(">=", SUSTAINED_TARGET_PER_S),
+        ),
+        Row(
+            section,
+            f"most runs in any 5 s window {at}: 1 relay worker (Plivo allows 300)",
+            f"{one}.max_5s",
+            baseline=f"{pool}.max_5s",
+            target=Target("<=", 300),
+        ),
+        Row(
+            section,
+            f"peak RSS {at}: 1 relay worker (baseline: the {workers} processes' sum)",
+            f"{one}.rss_mib",
+            "MiB",
+            f"{pool}.rss_mib",
+            target=Target("<=", memory_bound_mib),
+        ),
+        Row(
+            section,
+            f"peak PSS {at}: 1 relay worker (baseline: the {workers} processes' sum)",
+            f"{one}.pss_mib",
+            "MiB",
+            f"{pool}.pss_mib",
+        ),
     ]
 
 

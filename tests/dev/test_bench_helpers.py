@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
-from bench import burst, cli, delivery, document, ingress, latency, report, targets, wrk
-from bench.harness import Figures, descendants, max_in_window, percentile, pss_kib, rss_kib, summarise
+from bench import burst, cli, concurrency, document, ingress, latency, report, scheduling, targets, wrk
+from bench.harness import (
+    BenchError,
+    Figures,
+    descendants,
+    max_in_window,
+    percentile,
+    pss_kib,
+    rss_kib,
+    summarise,
+)
 from bench.signing import (
     CONFIG,
     HOOK_PATH,
@@ -28,6 +37,7 @@ from relay.mapping.config import parse_config
 from relay.mapping.parse import parse_body
 from relay.mapping.routes import map_event
 from relay.mapping.split import split_events
+from relay.queue.records import RunOutcome, RunStatus, Step
 
 
 def test_percentile_is_the_nearest_rank() -> None:
@@ -125,12 +135,12 @@ def test_the_report_judges_medians_and_ratios_within_each_repetition() -> None:
     assert lines["ingress.relay.p99_ms"].verdict == "PASS"  # median 24 ms
     assert lines["ingress.relay2.rate"].verdict == "n/a"
     assert "ingress.relay2.p99_ms" not in lines  # the note is shown once, for the whole case
-    assert "delivery.pool.rate" not in lines  # not measured, no note: no row
+    assert "delivery.one300.rate" not in lines  # not measured, no note: no row
 
-    missed = report.build_lines([_repeat(delivery__pool__rate=50.0)], workers=20)
-    [pool] = [line for line in missed if line.row.key == "delivery.pool.rate"]
-    assert pool.verdict == "MISS"
-    assert pool.miss is not None and "50" in pool.miss and "9 %" in pool.miss
+    missed = report.build_lines([_repeat(delivery__one300__rate=50.0, delivery__pool300__rate=57.0)], 20)
+    [one] = [line for line in missed if line.row.key == "delivery.one300.rate"]
+    assert one.verdict == "MISS" and one.baseline == "57 /s"
+    assert one.miss is not None and "50" in one.miss and "13 %" in one.miss
     text, markdown = report.render_text(missed), report.render_markdown(missed)
     assert "MISS" in text and "**MISS**" in markdown
 
@@ -146,9 +156,44 @@ def test_derived_figures() -> None:
 
 def test_steady_rate_skips_the_start_and_the_fill() -> None:
     times = [i / 100 for i in range(500)] + [5 + i / 50 for i in range(1000)]  # 100/s, then 50/s
-    rate, span_s = delivery.steady_rate(times, filled_at=0.0)
+    rate, span_s = concurrency.steady_rate(times, filled_at=0.0)
     assert rate == pytest.approx(50, rel=0.01)
     assert span_s == pytest.approx(25 - 10, abs=0.05)
+
+
+def test_the_one_process_is_compared_with_its_pool_within_a_repetition() -> None:
+    figures = _repeat(
+        delivery__one300__rate=57.0,
+        delivery__pool300__rate=57.5,
+        delivery__one300__rss_mib=100.0,
+        delivery__pool300__rss_mib=1300.0,
+        delivery__one300__pss_mib=90.0,
+        delivery__pool300__pss_mib=450.0,
+    )
+    concurrency.compare(figures, "one300", "pool300")
+    concurrency.compare(figures, "one1000", "pool1000")  # not measured: nothing derived
+    assert figures.values["delivery.one300.memory_less"] == 13.0
+    assert figures.values["delivery.one300.pss_less"] == 5.0
+    assert figures.values["delivery.one300.rate_ratio"] == pytest.approx(57.0 / 57.5)
+    assert not any(key.startswith("delivery.one1000") for key in figures.values)
+
+
+def test_a_retrys_lateness_is_its_second_request_past_the_due_time_in_its_history() -> None:
+    history = [
+        Step(at=100.0, status=RunStatus.FAILED, attempt=1, http_status=500, retry_in_s=7.5),
+        Step(at=108.0, status=RunStatus.SUCCEEDED, attempt=2, http_status=201),
+    ]
+    run = RunOutcome(
+        job_id="j", route="r", phlo_id="p", account="a", status=RunStatus.SUCCEEDED, history=history
+    )
+    receipts = [{"status": 201, "received_at": 107.75}, {"status": 500, "received_at": 100.0}]
+    late = scheduling.lateness(run, receipts)
+    assert (late.due_at, late.late_s, late.cut_short) == (107.5, 0.25, False)
+    with pytest.raises(BenchError, match="Retry-After"):  # the retry met a fault meant for a first attempt
+        scheduling.lateness(run, [receipts[1], {"status": 500, "received_at": 107.6}])
+    interrupted = Step(at=104.0, status=RunStatus.FAILED, attempt=2, error="worker died", retry_in_s=0)
+    cut = run.model_copy(update={"history": [history[0], interrupted, history[1]]})
+    assert scheduling.lateness(cut, receipts).cut_short
 
 
 def test_latency_matches_receipts_to_sends_by_ref() -> None:
