@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from bench.harness import Figures
 
-# Issue 14's "≥ 58 runs/s" at Plivo's limit: the relay's limiter allows 300 per 5.2 s (its 0.2 s margin),
-# 57.7 runs/s at most, which the issue's own "before" (57.6) shows as 58. Judged as what rounds to 58.
+# Issue 14 asks "≥ 58 runs/s" at Plivo's limit (300 per 5 s). The relay's limiter keeps a 0.2 s margin for
+# network jitter: 300 per 5.2 s, 57.7 runs/s at most (the issue's own "before" was 57.6). The target is that
+# ceiling, less what a finite measurement span loses; the row's label says so.
 SUSTAINED_TARGET_PER_S = 57.5
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -219,7 +220,8 @@ def _at_latency(section: str, latency_ms: int, workers: int, memory_bound_mib: f
     return [
         Row(
             section,
-            f"sustained runs/s {at}: 1 relay worker (baseline: {workers} processes, --concurrency 1)",
+            f"sustained runs/s {at}: 1 relay worker (baseline: {workers} processes, --concurrency 1; "
+            "the limiter's ceiling is 57.7 /s: 300 per 5 s plus its 0.2 s margin)",
             f"{one}.rate",
             "/s",
             f"{pool}.rate",
