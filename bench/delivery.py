@@ -14,7 +14,10 @@ beside the pool of processes that held one run each before ``relay worker --conc
 
 from __future__ import annotations
 
+import io
+import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,12 @@ from bench.concurrency import Case, compare, run_case
 from bench.harness import BenchError, Figures
 from bench.load import queue_runs
 from bench.stack import LIFTED_RATE_LIMIT, Sandbox, Stack, job_span_s
+from bench.stack import Settings as StackSettings
+
+# main before issue 14: one run in flight per worker process. Its worker is the "before" of relay1, measured
+# in the same run (machines differ several-fold: stock RQ ran 341 jobs/s on one, 69 on another).
+BEFORE_COMMIT = "a2da1a1"
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -62,14 +71,37 @@ def _rq_noop(stack: Stack, jobs: int) -> float:
         return jobs / job_span_s(redis, job_ids)
 
 
-def _relay_single(stack: Stack, sandbox: Sandbox, jobs: int) -> float:
-    """Runs per second of one ``relay worker`` (default concurrency) against a sandbox answering at once."""
+def _before_package(stack: Stack) -> Path | None:
+    """The ``relay`` package of BEFORE_COMMIT, extracted into the work directory; None without git history."""
+    target = stack.work_dir / f"relay-{BEFORE_COMMIT}"
+    if not (target / "relay").is_dir():
+        command = ["git", "-C", str(REPOSITORY), "archive", BEFORE_COMMIT, "relay"]
+        archive = subprocess.run(command, capture_output=True, check=False)
+        if archive.returncode != 0:
+            return None
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(target, filter="data")
+    return target
+
+
+def _relay_single(stack: Stack, sandbox: Sandbox, jobs: int, *, before: bool = False) -> float | None:
+    """Runs per second of one ``relay worker`` (default concurrency) against a sandbox answering at once.
+
+    ``before``: the worker of BEFORE_COMMIT instead (None when there is no git history to take it from).
+    """
     stack.flush()
     sandbox.reset()
     job_ids = queue_runs(stack, jobs).job_ids
-    [worker] = stack.start_workers(
-        1, sandbox, pool=False, burst=True, settings={"RELAY_RATE_LIMIT": LIFTED_RATE_LIMIT}
-    )
+    settings: StackSettings = {"RELAY_RATE_LIMIT": LIFTED_RATE_LIMIT}
+    if before:
+        package = _before_package(stack)
+        if package is None:
+            return None
+        env = {**stack.env(sandbox, settings), "PYTHONPATH": str(package)}
+        worker = stack.start("worker-before", [sys.executable, "-m", "relay", "worker", "--burst"], env)
+    else:
+        [worker] = stack.start_workers(1, sandbox, pool=False, burst=True, settings=settings)
     worker.wait_exit(timeout_s=60 + jobs / 10)
     stack.stop(worker)
     received = sandbox.runs()
@@ -84,7 +116,9 @@ def run_delivery(stack: Stack, plan: DeliveryPlan) -> Figures:
     rq_rate = _rq_noop(stack, plan.jobs)
     sandbox = stack.start_sandbox()
     try:
+        before_rate = _relay_single(stack, sandbox, plan.jobs, before=True)
         relay_rate = _relay_single(stack, sandbox, plan.jobs)
+        assert relay_rate is not None
         for case in plan.cases():
             figures.merge(run_case(stack, sandbox, case))
     finally:
@@ -95,6 +129,9 @@ def run_delivery(stack: Stack, plan: DeliveryPlan) -> Figures:
     values["delivery.rq.rate"] = rq_rate
     values["delivery.relay1.rate"] = relay_rate
     values["delivery.relay1.ratio"] = relay_rate / rq_rate
+    if before_rate is not None:
+        values["delivery.before.rate"] = before_rate
+        values["delivery.relay1.before_ratio"] = relay_rate / before_rate
     values["worker.idle_rss_mib"] = values["delivery.one300.process_idle_rss_mib"]
     values["worker.busy_rss_mib"] = values["delivery.one300.process_busy_rss_mib"]
     return figures
