@@ -140,7 +140,7 @@ def test_the_report_judges_medians_and_ratios_within_each_repetition() -> None:
     missed = report.build_lines([_repeat(delivery__one300__rate=50.0, delivery__pool300__rate=57.0)], 20)
     [one] = [line for line in missed if line.row.key == "delivery.one300.rate"]
     assert one.verdict == "MISS" and one.baseline == "57 /s"
-    assert one.miss is not None and "50" in one.miss and "13 %" in one.miss
+    assert one.miss is not None and "50" in one.miss and "12 %" in one.miss  # against 57.1
     text, markdown = report.render_text(missed), report.render_markdown(missed)
     assert "MISS" in text and "**MISS**" in markdown
 
