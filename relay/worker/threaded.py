@@ -7,10 +7,14 @@ needs about 60 processes (~3.9 GB RSS here) to reach Plivo's ceiling of 60 runs/
   guarantee they keep for a process they keep for a run;
 - RQ 3 workers already track several executions each (``Worker.executions``), so each run in flight is in
   RQ's StartedJobRegistry with its own heartbeat, and results and failures go through RQ's own code;
-- a run costs ~0.05 ms of a core while it waits; at 300 runs/s the GIL is far from the limit. An asyncio
-  worker would need every one of those steps rewritten, RQ's included, for no gain at this rate.
-Measured here (docs/performance.md): one process at 1 s runner latency holds 60 runs/s in ~60 MiB, where
-``--processes 20`` held 20 runs/s in 1,286 MiB.
+- a waiting run costs no CPU; the GIL is held only for the few ms of a run's own work. An asyncio worker
+  would need every one of those steps rewritten, RQ's included, for no gain at Plivo's rate.
+RQ's own thread-pool worker (rq/rq#1803, closed unmerged) listed what goes wrong: job timeouts (SIGALRM
+reaches only the main thread) and registries (one heartbeat for many jobs) became unreliable. Here each
+run has its own execution and heartbeat, and its deadline is kept by the main loop.
+Measured on this project's 2-core machine (docs/performance.md, same run): at a 1 s runner latency one
+process sustains 57.4 runs/s, the rate limiter's ceiling, in 82 MiB RSS, where ``--processes 20
+--concurrency 1`` (the way before) sustains 20 runs/s in 1,297 MiB.
 
 The main thread dequeues while a slot is free and, every tick, beats every run's heartbeat (a crashed
 process's runs are found within ``HEARTBEAT_TTL_S`` + ``RELAY_MAINTENANCE_INTERVAL_S``), moves due retries
