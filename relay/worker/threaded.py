@@ -12,9 +12,9 @@ needs about 60 processes (~3.9 GB RSS here) to reach Plivo's ceiling of 60 runs/
 RQ's own thread-pool worker (rq/rq#1803, closed unmerged) listed what goes wrong: job timeouts (SIGALRM
 reaches only the main thread) and registries (one heartbeat for many jobs) became unreliable. Here each
 run has its own execution and heartbeat, and its deadline is kept by the main loop.
-Measured on this project's 2-core machine (docs/performance.md, same run): at a 1 s runner latency one
-process sustains 57.4 runs/s, the rate limiter's ceiling, in 82 MiB RSS, where ``--processes 20
---concurrency 1`` (the way before) sustains 20 runs/s in 1,297 MiB.
+Measured on this project's 2-core machine (docs/performance.md, one run): at a 1 s runner latency one
+process sustains 57-58 runs/s, the account rate limiter's ceiling, in 82 MiB RSS, where ``--processes 20
+--concurrency 1`` (one run per process, as before) sustains 20 runs/s in 1,297 MiB.
 
 The main thread dequeues while a slot is free and, every tick, beats every run's heartbeat (a crashed
 process's runs are found within ``HEARTBEAT_TTL_S`` + ``RELAY_MAINTENANCE_INTERVAL_S``), moves due retries
