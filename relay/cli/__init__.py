@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a mapping config and list every error")
     check.add_argument("path", nargs="?", help="config file (default: RELAY_CONFIG_PATH)")
+    check.add_argument("--runner", action="store_true", help="also fetch each route's PHLO at the runner")
+    check.add_argument(
+        "--timeout-s", type=positive_int, default=15, metavar="SECONDS", help="bound of --runner (default 15)"
+    )
     check.set_defaults(handler=run.check)
 
     events = commands.add_parser("events", help="read event outcomes")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
 from relay.errors import SettingsError
@@ -58,6 +59,17 @@ def check(settings: Settings, args: argparse.Namespace) -> int:
     config = load_config(path, settings.account_names())
     build_verifiers(config.sources, secret_environment(), str(path))  # every source's secrets are set
     print(f"{path}: OK ({len(config.sources)} source(s), {len(config.routes)} route(s))")
+    if not args.runner:
+        return 0
+    from relay.cli.runner_check import check_runner
+
+    problems = check_runner(settings, config, float(args.timeout_s))
+    if problems:
+        print(f"{settings.runner_url}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"{settings.runner_url}: OK (the PHLO of each of {len(config.routes)} route(s) fetched)")
     return 0
 
 

@@ -2,8 +2,10 @@
 
 plivo-python 4.63.0 sends ``POST {base}/v1/account/{auth_id}/phlo/{phlo_id}/`` with Basic auth, JSON
 content type and accept headers, its User-Agent, and the payload as ``requests`` encodes ``json=`` (keys
-whose value is None dropped; ``{}`` for no payload). One ``httpx.Client`` is kept per worker process so
-its connection pool (and TLS sessions) survive from one job to the next.
+whose value is None dropped; ``{}`` for no payload); its ``phlo.get()`` sends
+``GET {base}/v1/phlo/{phlo_id}/`` with the same auth and headers (``relay check --runner``). One
+``httpx.Client`` is kept per worker process so its connection pool (and TLS sessions) survive from one job
+to the next.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ class RunResult:
     message: str | None
     status: int
     elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class PhloInfo:
+    """A PHLO as the runner describes it to ``phlo.get()``; the answer names no owning account."""
+
+    phlo_id: str
+    name: str | None
+    elapsed_ms: float
+
+
+def phlo_path(phlo_id: str) -> str:
+    """The runner path plivo-python's ``phlo.get()`` requests, trailing slash included."""
+    return f"/v1/phlo/{quote(phlo_id, safe='')}/"
 
 
 def run_path(auth_id: str, phlo_id: str) -> str:
@@ -107,18 +123,26 @@ class RunnerClient:
                 status=response.status_code,
                 elapsed_ms=elapsed_ms,
             )
-        error = (
-            (data or {}).get("error")
-            or (data or {}).get("message")
-            or response.text
-            or response.reason_phrase
-        )
-        api_id = (data or {}).get("api_id")
-        raise RunnerRejected(
-            response.status_code,
-            str(error)[:MAX_ERROR_CHARS],
-            str(api_id) if api_id else None,
-            retry_after_s=parse_retry_after(response.headers.get("Retry-After"), time.time()),
+        raise _rejected(response, data)
+
+    def get_phlo(self, account: PlivoAccount, phlo_id: str) -> PhloInfo:
+        """Fetch a PHLO as ``phlo.get()`` does; raise RunnerRejected (401 credentials, 404 unknown to this
+        account, ...) or RunnerUnreachable (never ambiguous: a GET runs nothing)."""
+        started = time.perf_counter()
+        try:
+            response = self._client.get(
+                phlo_path(phlo_id), auth=(account.auth_id, account.auth_token.get_secret_value())
+            )
+        except httpx.TransportError as exc:
+            raise RunnerUnreachable(f"{type(exc).__name__} at {self.base_url}", ambiguous=False) from None
+        data = _json_or_none(response)
+        if not response.is_success:
+            raise _rejected(response, data)
+        name = (data or {}).get("name")
+        return PhloInfo(
+            phlo_id=str((data or {}).get("phlo_id") or phlo_id),
+            name=str(name) if name is not None else None,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
         )
 
     def close(self) -> None:
@@ -130,6 +154,20 @@ class RunnerClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _rejected(response: httpx.Response, data: dict[str, Any] | None) -> RunnerRejected:
+    """The error of a non-2xx answer: the runner's ``error`` (or message, or text), status, Retry-After."""
+    error = (
+        (data or {}).get("error") or (data or {}).get("message") or response.text or response.reason_phrase
+    )
+    api_id = (data or {}).get("api_id")
+    return RunnerRejected(
+        response.status_code,
+        str(error)[:MAX_ERROR_CHARS],
+        str(api_id) if api_id else None,
+        retry_after_s=parse_retry_after(response.headers.get("Retry-After"), time.time()),
+    )
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

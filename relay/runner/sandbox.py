@@ -4,7 +4,7 @@
   JSON object body (empty: ``{}``): 201 ``{phlo_id, api_id, message}``, else ``{api_id, error}`` with 400,
   401, 404 or 405. Every request on this path is recorded, refused ones too; the Auth Token never is.
 - ``GET /v1/phlo/{phlo_id}/``: ``{api_id, phlo_id, name, created_on}``, what plivo-python's ``phlo.get()``
-  calls. Not recorded.
+  calls (401 bad credentials, 404 unknown to the account: another account's PHLO too). Not recorded.
 - Control API, JSON: ``GET|DELETE /_sandbox/runs`` (``?phlo_id=`` filters), ``GET|POST|DELETE
   /_sandbox/faults``, ``GET|PUT /_sandbox/phlos`` ``{"phlo_ids": [...] | null}``, ``GET /_sandbox/health``.
 
@@ -44,10 +44,12 @@ _FAULT_FIELDS = frozenset({"status", "count", "latency_ms", "retry_after", "erro
 
 @dataclass(repr=False)  # no repr: it would show the tokens
 class SandboxConfig:
-    """What the sandbox accepts: ``credentials`` maps Auth ID to Auth Token; ``phlo_ids`` None = any id."""
+    """What the sandbox accepts: ``credentials`` maps Auth ID to Auth Token; ``phlo_ids`` None = any id;
+    ``owners`` maps a PHLO id to the one Auth ID it belongs to (404 to the others), unlisted: to all."""
 
     credentials: dict[str, str] = field(default_factory=lambda: {SANDBOX_AUTH_ID: SANDBOX_AUTH_TOKEN})
     phlo_ids: set[str] | None = None
+    owners: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,12 +65,14 @@ class _Fault:
 class _SandboxState:
     credentials: dict[str, str]
     phlo_ids: set[str] | None
+    owners: dict[str, str]
     created_on: str = field(default_factory=lambda: datetime.now(UTC).isoformat(sep=" "))
     runs: list[dict[str, Any]] = field(default_factory=list)
     faults: deque[_Fault] = field(default_factory=deque)
 
-    def knows(self, phlo_id: str) -> bool:
-        return self.phlo_ids is None or phlo_id in self.phlo_ids
+    def knows(self, phlo_id: str, auth_id: str | None) -> bool:
+        known = self.phlo_ids is None or phlo_id in self.phlo_ids
+        return known and self.owners.get(phlo_id, auth_id) == auth_id
 
     def authenticate(self, authorization: str | None) -> tuple[str | None, bool]:
         """The Basic user of an Authorization value (None if absent or unreadable), and if it is valid."""
@@ -158,7 +162,7 @@ async def _run_phlo(request: web.Request) -> web.Response:
             headers = {"Retry-After": str(fault.retry_after)}
     elif not authenticated or auth_id != request.match_info["auth_id"]:
         status, error = 401, "authentication failed"
-    elif not state.knows(phlo_id):
+    elif not state.knows(phlo_id, auth_id):
         status, error = 404, f"PHLO not found: {phlo_id}"
     elif body_error is not None:
         status, error = 400, body_error
@@ -172,15 +176,14 @@ async def _run_phlo(request: web.Request) -> web.Response:
 
 
 async def _get_phlo(request: web.Request) -> web.Response:
-    state = request.app[_STATE]
-    phlo_id = request.match_info["phlo_id"]
-    if not state.authenticate(request.headers.get("Authorization"))[1]:
+    state, phlo_id = request.app[_STATE], request.match_info["phlo_id"]
+    auth_id, authenticated = state.authenticate(request.headers.get("Authorization"))
+    if not authenticated:
         return _error(401, "authentication failed")
-    if not state.knows(phlo_id):
+    if not state.knows(phlo_id, auth_id):
         return _error(404, f"PHLO not found: {phlo_id}")
-    name = f"sandbox PHLO {phlo_id}"
-    body = {"api_id": str(uuid.uuid4()), "phlo_id": phlo_id, "name": name, "created_on": state.created_on}
-    return web.json_response(body)
+    body = {"api_id": str(uuid.uuid4()), "phlo_id": phlo_id, "name": f"sandbox PHLO {phlo_id}"}
+    return web.json_response({**body, "created_on": state.created_on})
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -269,7 +272,8 @@ def create_sandbox_app(config: SandboxConfig) -> web.Application:
     """The sandbox's aiohttp application; its state starts from ``config`` (copied, never mutated)."""
     app = web.Application(middlewares=[_json_errors])
     phlo_ids = None if config.phlo_ids is None else set(config.phlo_ids)
-    app[_STATE] = _SandboxState(credentials=dict(config.credentials), phlo_ids=phlo_ids)
+    credentials, owners = dict(config.credentials), dict(config.owners)
+    app[_STATE] = _SandboxState(credentials=credentials, phlo_ids=phlo_ids, owners=owners)
     for suffix in ("", "/"):
         app.router.add_route("*", "/v1/account/{auth_id}/phlo/{phlo_id}" + suffix, _run_phlo)
         app.router.add_get("/v1/phlo/{phlo_id}" + suffix, _get_phlo)
