@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from relay import __version__
-from relay.cli import records, run
+from relay.cli import hooks, records, run
 from relay.cli.arguments import positive_int
 from relay.errors import ConfigError, RelayError
 from relay.infra.logs import configure_logging
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(handler=run.dev)
 
     records.add_dlq(commands)
+    hooks.add_hook_commands(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Argument types the commands share: positive counts and points in time."""
+"""Argument types the commands share: positive counts, points in time and headers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return int(text)
+
+
+def header_arg(text: str) -> tuple[str, str]:
+    """A header given as ``Name: value``."""
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip() or name != name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a header: write 'Name: value'")
+    return name, value.strip()
 
 
 def time_arg(text: str) -> float:

@@ -1,8 +1,8 @@
 """The webhook's way through the ingress: ``POST /hooks/{source}`` verified, parsed, split, mapped, stored
 and answered; and ``GET /events/{event_id}``, what became of it.
 
-A request goes: verify the sender on the raw bytes (``relay.ingress.verify``), parse the body
-(``relay.mapping.parse``), split it into events (``relay.mapping.split``), map each
+A request goes: verify the sender on the raw bytes (``relay.ingress.verify``), parse the body and
+split it into events (``relay.mapping.split``, ``relay.mapping.parse``), map each
 (``relay.mapping.routes``), store them with their duplicate check in one transaction
 (``relay.queue.store``), answer once every run is in Redis.
 """
@@ -21,10 +21,9 @@ from relay.ingress.answers import described, error_response, json_response
 from relay.ingress.checks.request import HookRequest
 from relay.ingress.origin import client_ip, public_url
 from relay.ingress.state import CONFIG, METRICS, REDIS, SETTINGS, STORE, VERIFIERS, in_thread
-from relay.mapping.parse import parse_body
 from relay.mapping.routes import map_event
 from relay.mapping.sources import Source
-from relay.mapping.split import split_events
+from relay.mapping.split import is_ping, read_events
 from relay.queue import records
 from relay.queue.records import EventStatus
 from relay.queue.store import StoredEvent
@@ -102,17 +101,7 @@ async def receive_hook(request: web.Request) -> web.Response:
         raise UnknownSource(f"no source named {source_name!r} is configured")
     body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
     request.app[VERIFIERS][source_name].verify(_hook_request(request, settings, body))
-    document = parse_body(
-        request.headers.get("Content-Type"),
-        body,
-        json_fields=source.json_fields,
-        form_document_field=source.form_document_field,
-    )
-    incoming = [
-        event
-        for event in split_events(source, document, request.headers, body)
-        if event.event_type is None or event.event_type not in source.ping_events
-    ]
+    incoming = [event for event in read_events(source, request.headers, body) if not is_ping(source, event)]
     if not incoming:
         request.app[METRICS].events_received.labels(source_name, "ping", "").inc()
         return json_response({"status": "ping", "message": "verified; nothing to run"})

@@ -47,12 +47,18 @@ class SourceVerifier:
             _check(scheme, keys, request, now)
 
 
+def hmac_spec(scheme: VendorSignature | HmacSignature) -> Hmac:
+    """What an ``hmac`` scheme, or a vendor whose signature is an HMAC in one header, signs and where."""
+    if isinstance(scheme, HmacSignature):
+        return Hmac(**scheme.model_dump(exclude={"scheme", "secrets"}))
+    return replace(HMAC_VENDORS[scheme.scheme], tolerance_s=scheme.tolerance_s)
+
+
 def _check(scheme: Verification, keys: Keys, request: HookRequest, now_s: float) -> None:
     if isinstance(scheme, VendorSignature):
         _check_vendor(scheme, keys, request, now_s)
     elif isinstance(scheme, HmacSignature):
-        spec = Hmac(**scheme.model_dump(exclude={"scheme", "secrets"}))
-        check_hmac(spec, keys, request, now_s)
+        check_hmac(hmac_spec(scheme), keys, request, now_s)
     elif isinstance(scheme, BasicAuth):
         check_basic(keys, request)
     elif isinstance(scheme, StaticToken):
@@ -64,8 +70,7 @@ def _check(scheme: Verification, keys: Keys, request: HookRequest, now_s: float)
 def _check_vendor(scheme: VendorSignature, keys: Keys, request: HookRequest, now_s: float) -> None:
     name, tolerance_s = scheme.scheme, scheme.tolerance_s
     if name in HMAC_VENDORS:
-        spec = replace(HMAC_VENDORS[name], tolerance_s=tolerance_s)
-        check_hmac(spec, keys, request, now_s)
+        check_hmac(hmac_spec(scheme), keys, request, now_s)
     elif name in _STANDARD_WEBHOOKS:
         check_standard_webhooks(name == "svix", tolerance_s, keys, request, now_s)
     elif name == "stripe":

@@ -57,13 +57,21 @@ def _is_json(value: Any) -> bool:
     return True
 
 
+def unmatched_reason(route: Route, event_type: str | None, document: Any) -> str | None:
+    """Why the route does not apply to the event (its event types, then its condition); None when it does."""
+    if route.events is not None:
+        if event_type is None:
+            return f"the event has no type; the route wants {', '.join(route.events)}"
+        if not any(fnmatchcase(event_type, pattern) for pattern in route.events):
+            return f"event type {event_type!r} is not one of {', '.join(route.events)}"
+    if route.when is not None and not search(route.when, document):
+        return f"when {route.when!r} is false"
+    return None
+
+
 def route_matches(route: Route, event_type: str | None, document: Any) -> bool:
     """Whether the route applies: its event types (patterns) and its JMESPath condition."""
-    if route.events is not None and (
-        event_type is None or not any(fnmatchcase(event_type, pattern) for pattern in route.events)
-    ):
-        return False
-    return route.when is None or bool(search(route.when, document))
+    return unmatched_reason(route, event_type, document) is None
 
 
 def build_payload(route: Route, document: Any) -> dict[str, Any]:

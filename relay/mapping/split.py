@@ -14,6 +14,7 @@ from typing import Any
 
 from relay.errors import MalformedBody
 from relay.mapping.expressions import locate, search
+from relay.mapping.parse import parse_body
 from relay.mapping.sources import Source
 
 
@@ -63,3 +64,20 @@ def split_events(
         event_type = locate(source.event_type, item, headers)
         events.append(IncomingEvent(item, event_id, event_type, event_id or digest(_canonical(item))))
     return events
+
+
+def read_events(source: Source, headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
+    """The events of a (verified) request: its body parsed by its Content-Type, then split; the ingress
+    and ``relay map`` both read requests here. ``headers`` must look names up case-insensitively."""
+    document = parse_body(
+        headers.get("Content-Type"),
+        body,
+        json_fields=source.json_fields,
+        form_document_field=source.form_document_field,
+    )
+    return split_events(source, document, headers, body)
+
+
+def is_ping(source: Source, event: IncomingEvent) -> bool:
+    """Whether the event is one the source answers without routing (GitHub's ping)."""
+    return event.event_type is not None and event.event_type in source.ping_events

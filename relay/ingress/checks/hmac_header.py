@@ -67,7 +67,8 @@ HMAC_VENDORS = {
 }
 
 
-def _render(template: str, request: HookRequest, timestamp: str) -> bytes:
+def signed_text(template: str, request: HookRequest, timestamp: str) -> bytes:
+    """The bytes a template stands for in a request: what is signed."""
     # One pass, so that a placeholder inside the URL or the body is never substituted again.
     values = {
         "body": request.body,
@@ -94,7 +95,7 @@ def check_hmac(spec: Hmac, keys: Keys, request: HookRequest, now_s: float) -> No
         seconds = int(timestamp) / (1000 if spec.timestamp_unit == "ms" else 1)
         require_fresh(timestamp, seconds, now_s, spec.tolerance_s)
     urls = {request.url, hubspot_decoded(request.url) if spec.hubspot_decoded_url else request.url}
-    messages = [_render(spec.signed, replace(request, url=url), timestamp) for url in urls]
+    messages = [signed_text(spec.signed, replace(request, url=url), timestamp) for url in urls]
     require_match(
         (digest for message in messages for digest in digests(keys, message, spec.algorithm)), [given]
     )

@@ -99,7 +99,7 @@ def _twilio_urls(url: str) -> set[str]:
     return {url, urlunsplit(parts._replace(netloc=host)), urlunsplit(parts._replace(netloc=with_port))}
 
 
-def _twilio_params(request: HookRequest) -> bytes:
+def twilio_params(request: HookRequest) -> bytes:
     """What Twilio appends to the URL: sorted form fields, or nothing when the URL carries bodySHA256."""
     media_type = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
     if media_type == "application/x-www-form-urlencoded":
@@ -123,6 +123,6 @@ def check_twilio(keys: Keys, request: HookRequest) -> None:
     given = decode(header(request, "X-Twilio-Signature"), "base64", 20)
     if given is None:
         raise malformed("X-Twilio-Signature", "<base64>")
-    params = _twilio_params(request)
+    params = twilio_params(request)
     messages = [sent(url) + params for url in _twilio_urls(request.url)]
     require_match((digest for message in messages for digest in digests(keys, message, "sha1")), [given])
