@@ -26,8 +26,11 @@ class ConfigVersion:
     @classmethod
     def of(cls, config: RelayConfig, loaded_at_s: float | None = None) -> ConfigVersion:
         """The version of a validated config: its hash ignores the file's comments and layout."""
-        digest = hashlib.sha256(config.model_dump_json(warnings=False).encode()).hexdigest()[:VERSION_HEX_CHARS]
+        # warnings=False: pydantic warns that it serialises the payload values' union left to right; it does.
+        canonical = config.model_dump_json(warnings=False).encode()
+        digest = hashlib.sha256(canonical).hexdigest()[:VERSION_HEX_CHARS]
         return cls(digest, time.time() if loaded_at_s is None else loaded_at_s)
 
     def as_json(self) -> dict[str, str | float]:
+        """As ``/readyz`` and the admin API show it."""
         return {"hash": self.hash, "loaded_at": self.loaded_at_s}

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 from redis import Redis
@@ -25,6 +26,7 @@ from tests.conftest import TEST_CONFIG, poll
 from tests.worker.test_delivery_to_runner import FORM
 
 TOKEN = "reload-admin-token-3f9a"
+Client = TestClient[web.Request, web.Application]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # What an operator's edit adds: a source, and a field in the callback route's payload.
 NEW_CONFIG = TEST_CONFIG.replace(
@@ -52,15 +54,15 @@ def version_of(text: str) -> str:
     return ConfigVersion.of(parse_config(text, "test.yaml")).hash
 
 
-async def start(aiohttp_client: Any, settings: Settings) -> TestClient:
+async def start(aiohttp_client: Any, settings: Settings) -> Client:
     """The ingress on the settings' config file, with the admin API on."""
     with_token = settings.model_copy(update={"admin_token": SecretStr(TOKEN)})
     config = parse_config(settings.config_path.read_text(encoding="utf-8"), str(settings.config_path))
-    client: TestClient = await aiohttp_client(create_app(with_token, config))
+    client: Client = await aiohttp_client(create_app(with_token, config))
     return client
 
 
-async def ready_version(client: TestClient) -> str:
+async def ready_version(client: Client) -> str:
     response = await client.get("/readyz")
     assert response.status == 200
     version: dict[str, Any] = (await response.json())["config_version"]
@@ -145,7 +147,7 @@ async def test_a_request_in_flight_finishes_with_the_config_it_started_with(
     sending = asyncio.ensure_future(
         client.post("/hooks/website-form", data=slow_body(), headers={"Content-Type": "application/json"})
     )
-    readiness = client.app[READINESS]  # type: ignore[index]
+    readiness = client.app[READINESS]
     await asyncio.to_thread(poll, lambda: readiness.in_flight == 1 or None, 10.0)
     settings.config_path.write_text(NEW_CONFIG, encoding="utf-8")
     assert (await client.post("/admin/config/reload", headers=AUTH)).status == 200
