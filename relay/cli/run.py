@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
-from relay.errors import SettingsError
+from relay.errors import ConfigError, SettingsError
 from relay.infra import metrics
 from relay.infra.redis_client import require_redis
 from relay.infra.supervisor import Child, supervise
 from relay.ingress.verify import build_verifiers
-from relay.mapping.config import load_config
+from relay.mapping.config import RelayConfig, load_config
 from relay.settings import Settings, secret_environment
+
+log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -33,20 +36,29 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         raise SettingsError("--processes needs a fixed port: each process binds it (SO_REUSEPORT)")
 
     def one() -> None:
-        asyncio.run(serve_ingress(settings, config, host=host, port=port, reuse_port=True))
+        # A child restarted after a reload serves the file as it is now (invalid: the one checked at start).
+        asyncio.run(
+            serve_ingress(settings, _config_now(settings, config), host=host, port=port, reuse_port=True)
+        )
 
     children = [Child(f"ingress-{number}", one) for number in range(1, args.processes + 1)]
     return supervise(children, stop_timeout_s=settings.shutdown_grace_s + 5)
 
 
+def _config_now(settings: Settings, checked: RelayConfig) -> RelayConfig:
+    try:
+        return load_config(settings.config_path, settings.account_names())
+    except ConfigError as exc:
+        problems = "; ".join(map(str, exc.problems))
+        log.error("the config file is invalid, serving the one checked at start: %s", problems)
+        return checked
+
+
 def worker(settings: Settings, args: argparse.Namespace) -> int:
+    from relay.worker.context import worker_config
     from relay.worker.loop import run_workers
 
-    config = load_config(settings.config_path, settings.account_names())  # refuse to start on a broken config
-    without_credentials = [route.name for route in config.routes if settings.account(route.account) is None]
-    if without_credentials:
-        names = ", ".join(without_credentials)
-        raise SettingsError(f"PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN are not set; routes {names} need them")
+    worker_config(settings)  # refuse to start on a broken config
     require_redis(settings)  # RQ would otherwise retry a missing Redis forever
     if args.concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": args.concurrency})

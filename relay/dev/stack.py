@@ -1,8 +1,12 @@
-"""``relay dev``: Redis, the ingress, a worker and (without real credentials) the sandbox, on one machine."""
+"""``relay dev``: Redis, the ingress, a worker and (without real credentials) the sandbox, on one machine.
+
+The config file is watched: when it changes, the ingress reloads it and the worker is sent SIGHUP.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -10,17 +14,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import SecretStr
 from rq import Worker
 
 from relay.dev.redis_server import EmbeddedRedis
-from relay.errors import RelayError
+from relay.errors import ConfigError, RelayError
 from relay.infra.redis_client import connect, describe_redis
 from relay.infra.serving import start_site
 from relay.ingress.app import create_app
+from relay.ingress.reload import reload_config
 from relay.mapping.config import RelayConfig, load_config
 from relay.queue.jobs import relay_queue
 from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, create_sandbox_app
@@ -28,6 +33,7 @@ from relay.settings import Settings
 
 WORKER_START_TIMEOUT_S = 30.0
 WORKER_STOP_TIMEOUT_S = 10.0
+CONFIG_POLL_S = 1.0
 
 
 def sample_curls(config: RelayConfig, config_path: Path, base_url: str) -> list[str]:
@@ -73,6 +79,26 @@ def _banner(settings: Settings, config: RelayConfig, with_sandbox: bool) -> str:
     return "\n".join(lines)
 
 
+def _file_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:  # an editor's save may remove the file for a moment
+        return None
+
+
+async def watch_file(
+    path: Path, on_change: Callable[[], Awaitable[None]], interval_s: float = CONFIG_POLL_S
+) -> None:
+    """Call ``on_change`` whenever the file's bytes change (polled: no inotify needed), until cancelled."""
+    seen = _file_bytes(path)
+    while True:
+        await asyncio.sleep(interval_s)  # the poll interval itself, not a wait for an event
+        now = _file_bytes(path)
+        if now is not None and now != seen:
+            seen = now
+            await on_change()
+
+
 async def _first(*awaitables: Awaitable[object]) -> None:
     """Wait until the first of ``awaitables`` ends (raising its error), cancelling the others."""
     tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
@@ -99,7 +125,8 @@ async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | No
                 credentials={SANDBOX_AUTH_ID: SANDBOX_AUTH_TOKEN}, phlo_ids=config.phlo_ids()
             )
             runners.append((await start_site(create_sandbox_app(sandbox), "127.0.0.1", sandbox_port))[0])
-        runners.append((await start_site(create_app(settings, config), settings.host, settings.port))[0])
+        app = create_app(settings, config)
+        runners.append((await start_site(app, settings.host, settings.port))[0])
         # One worker process: it holds RELAY_WORKER_CONCURRENCY runs in flight.
         worker = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -117,7 +144,15 @@ async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | No
             cancelled.set()
         if not stop.is_set() and worker.returncode is None:
             print(_banner(settings, config, with_sandbox=sandbox_port is not None), flush=True)
-            await _first(worker.wait(), stop.wait())
+            running = worker
+
+            async def reload() -> None:
+                with contextlib.suppress(ConfigError):  # logged; the old config stays in force
+                    await reload_config(app, "file changed")
+                if running.returncode is None:
+                    running.send_signal(signal.SIGHUP)
+
+            await _first(worker.wait(), stop.wait(), watch_file(settings.config_path, reload))
         if not stop.is_set():
             raise RelayError(f"the worker exited unexpectedly with code {worker.returncode}")
     finally:

@@ -177,6 +177,30 @@ class RelayMetrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0),
             registry=r,
         )
+        # Per process (a pid label in multiprocess mode): which processes serve which config.
+        self.config_info = Gauge(
+            "relay_config_info",
+            "The mapping config a process has in force: 1 for its version's hash, 0 for those it replaced.",
+            ["version"],
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.config_loaded_at = Gauge(
+            "relay_config_loaded_timestamp_seconds",
+            "When a process loaded the mapping config it has in force (epoch seconds).",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self._config_hash: str | None = None
+
+    def config_loaded(self, version_hash: str, loaded_at_s: float) -> None:
+        """Mark the config ``version_hash`` as in force (the one it replaces drops to 0)."""
+        if self._config_hash is not None and self._config_hash != version_hash:
+            # remove() would not reach the other processes' view of a multiprocess file: zero it instead.
+            self.config_info.labels(self._config_hash).set(0)
+        self._config_hash = version_hash
+        self.config_info.labels(version_hash).set(1)
+        self.config_loaded_at.set(loaded_at_s)
 
 
 METRIC_NAMES = frozenset(
@@ -196,6 +220,8 @@ METRIC_NAMES = frozenset(
         "relay_worker_runs_in_flight",
         "relay_worker_concurrency",
         "relay_runs_abandoned_total",
+        "relay_config_info",
+        "relay_config_loaded_timestamp_seconds",
         QUEUE_RUNS,
         QUEUE_OLDEST_AGE,
         WORKERS,

@@ -3,7 +3,7 @@
 The supervisor forks its children after the relay's modules are imported, so they share those pages; it
 restarts a child that dies, and on SIGTERM or SIGINT passes SIGTERM to each child and waits for them (each
 drains or finishes its runs in flight first; a second signal stops them at once), killing what is left after
-``stop_timeout_s``. Children run in a
+``stop_timeout_s``. SIGHUP is passed to every child: each reloads its config. Children run in a
 process group of their own, so a terminal's Ctrl-C reaches only the supervisor, which stops them in order;
 on Linux a child is sent SIGTERM if the supervisor itself dies. RQ's WorkerPool does the like for workers
 only, and rebuilds each worker's Redis client from pool arguments, which loses Sentinel and TLS options.
@@ -11,6 +11,7 @@ only, and rebuilds each worker's Redis client from pool arguments, which loses S
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -35,6 +36,9 @@ STABLE_AFTER_S = 10.0  # a child that lived this long is healthy: its next resta
 CRASH_LOOP_RESTARTS = 5  # children that die this many times in a row, each young, stop the supervisor
 _PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNAL = signal.SIGHUP
+_FORK_BLOCKED = (*STOP_SIGNALS, RELOAD_SIGNAL)
+_supervisor_pid: int | None = None  # in a child: the supervisor that passes SIGHUP to all its children
 
 
 @dataclass
@@ -49,25 +53,35 @@ class Child:
     failures: int = 0
 
 
+def reload_siblings() -> None:
+    """In a supervised child: have the supervisor pass SIGHUP to every child (this one included)."""
+    if _supervisor_pid is not None and _supervisor_pid == os.getppid():
+        os.kill(_supervisor_pid, RELOAD_SIGNAL)
+
+
 def _child_main(target: Callable[[], None]) -> None:
+    global _supervisor_pid
+    _supervisor_pid = os.getppid()
     os.setpgid(0, 0)
     if sys.platform == "linux":  # die with the supervisor rather than run on unsupervised
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
+    # Ignored until the child's own reload handler is installed: SIGHUP's default would end the process.
+    signal.signal(RELOAD_SIGNAL, signal.SIG_IGN)
     # Blocked by the supervisor around the fork, so that none reached this process's copy of its handler.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
     target()
 
 
 def _start(context: Any, child: Child) -> None:
     child.process = context.Process(target=_child_main, args=(child.target,), name=child.name)
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
     try:
         child.process.start()
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
     child.started_at = time.monotonic()
     log.info("started %s (pid %s)", child.name, child.process.pid)
 
@@ -93,7 +107,18 @@ def supervise(children: list[Child], *, stop_timeout_s: float, restart_clean_exi
             if child.process is not None and child.process.pid is not None:
                 os.kill(child.process.pid, passed_on)
 
+    def on_reload(signum: int, frame: FrameType | None) -> None:
+        if stopping:
+            return
+        running = [child for child in children if child.process is not None and child.process.pid]
+        log.info("reloading the config: SIGHUP passed to %d process(es)", len(running))
+        for child in running:
+            assert child.process is not None and child.process.pid is not None
+            with contextlib.suppress(ProcessLookupError):  # it died just now: its restart loads the file
+                os.kill(child.process.pid, RELOAD_SIGNAL)
+
     previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    previous[RELOAD_SIGNAL] = signal.signal(RELOAD_SIGNAL, on_reload)
     code = 0
     try:
         while True:

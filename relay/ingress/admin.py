@@ -1,7 +1,8 @@
 """The admin API of the ingress: dead letters over HTTP, behind ``Authorization: Bearer <RELAY_ADMIN_TOKEN>``.
 
 Without ``RELAY_ADMIN_TOKEN`` the routes are not registered, so ``/admin/...`` answers 404 like any unknown
-path. A replay maps events with the config this ingress loaded at start: restart it after fixing the config.
+path. A replay maps events with the config in force: after fixing the config, reload it
+(``POST /admin/config/reload``, which also passes SIGHUP to the other processes of ``--processes N``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from relay.errors import DeadLetterError
-from relay.ingress.answers import error_response
+from relay.errors import ConfigError, DeadLetterError
+from relay.infra.supervisor import reload_siblings
+from relay.ingress.answers import error_response, json_response
 from relay.ingress.checks.request import sent
+from relay.ingress.reload import reload_config
 from relay.ingress.state import CONFIG, REDIS, SETTINGS, in_thread
 from relay.outcome.deadletters import (
     DeadLetterFilter,
@@ -134,7 +137,9 @@ async def show_letter(request: web.Request) -> web.Response:
 async def replay_letters(request: web.Request) -> web.Response:
     """``POST /admin/dead-letters/replay``: map again with the current config and queue; one result each."""
     target, app = await _target(request), request.app
-    results = await in_thread(request, replay_many, app[REDIS], app[SETTINGS], app[CONFIG], target)
+    results = await in_thread(
+        request, replay_many, app[REDIS], app[SETTINGS], app[CONFIG].current.config, target
+    )
     replayed = sum(result.replayed for result in results)
     return web.json_response(
         {
@@ -152,6 +157,29 @@ async def purge_letters(request: web.Request) -> web.Response:
     return web.json_response({"purged": purged})
 
 
+async def reload(request: web.Request) -> web.Response:
+    """``POST /admin/config/reload``: check the config file in full and put it in force; 422 lists why not."""
+    try:
+        live = await reload_config(request.app, "admin API")
+    except ConfigError as exc:
+        body = {
+            "error": "invalid_config",
+            "message": f"the config file has {len(exc.problems)} problem(s); the config in force stays",
+            "config_version": request.app[CONFIG].current.version.as_json(),
+            "problems": [str(problem) for problem in exc.problems],
+        }
+        return json_response(body, status=422)
+    reload_siblings()  # with --processes N, every other process reloads too
+    return json_response(
+        {
+            "reloaded": True,
+            "config_version": live.version.as_json(),
+            "sources": len(live.config.sources),
+            "routes": len(live.config.routes),
+        }
+    )
+
+
 def add_admin_routes(app: web.Application, settings: Settings) -> None:
     """Register the admin API on the ingress app when RELAY_ADMIN_TOKEN is set (and not empty)."""
     token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
@@ -162,3 +190,4 @@ def add_admin_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_post("/admin/dead-letters/replay", _guarded(replay_letters, expected))
     app.router.add_post("/admin/dead-letters/purge", _guarded(purge_letters, expected))
     app.router.add_get("/admin/dead-letters/{job_id}", _guarded(show_letter, expected))
+    app.router.add_post("/admin/config/reload", _guarded(reload, expected))

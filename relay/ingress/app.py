@@ -9,6 +9,7 @@ the event loop never blocks on Redis.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,13 +17,13 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from relay.infra.logs import register_secrets
 from relay.infra.metrics import RelayMetrics
 from relay.infra.redis_client import connect, connect_async
 from relay.ingress.admin import add_admin_routes
 from relay.ingress.health import add_health_routes
 from relay.ingress.hooks import receive_hook, show_event
 from relay.ingress.middleware import middleware
+from relay.ingress.reload import live_config
 from relay.ingress.state import (
     CONFIG,
     EXECUTOR,
@@ -31,10 +32,9 @@ from relay.ingress.state import (
     REDIS,
     SETTINGS,
     STORE,
-    VERIFIERS,
+    ConfigSlot,
     Readiness,
 )
-from relay.ingress.verify import build_verifiers, source_secrets
 from relay.mapping.config import RelayConfig
 from relay.queue.store import EventStore
 from relay.settings import Settings, secret_environment
@@ -53,12 +53,12 @@ def create_app(
     # aiohttp's own limit is a safety net; read_body gives the JSON 413 first.
     app = web.Application(middlewares=[middleware], client_max_size=settings.max_body_bytes + 1)
     app[SETTINGS] = settings
-    app[CONFIG] = config
-    app[METRICS] = RelayMetrics()
-    app[READINESS] = Readiness()
     environ = secret_environment() if environ is None else environ
-    app[VERIFIERS] = build_verifiers(config.sources, environ, str(settings.config_path))
-    register_secrets(source_secrets(config.sources, environ))  # never in a log line
+    live = live_config(settings, config, environ)
+    app[CONFIG] = ConfigSlot(live, asyncio.Lock())
+    app[METRICS] = RelayMetrics()
+    app[METRICS].config_loaded(live.version.hash, live.version.loaded_at_s)
+    app[READINESS] = Readiness()
 
     async def connections(app: web.Application) -> AsyncIterator[None]:
         # A blocking pool makes a burst of reads wait for a free connection instead of failing them.

@@ -1,8 +1,9 @@
 """What load balancers and Prometheus ask the ingress: ``/healthz``, ``/readyz`` and ``/metrics``.
 
 ``/healthz`` answers while the process runs. ``/readyz`` answers 200 only while the ingress can take
-webhooks: its config is loaded and Redis answers; after SIGTERM it answers 503 ``draining`` so that the load
-balancer stops sending before the ingress closes its port (``relay.infra.serving.serve_ingress``).
+webhooks: its config is loaded (the answer names its version) and Redis answers; after SIGTERM it answers
+503 ``draining`` so that the load balancer stops sending before the ingress closes its port
+(``relay.infra.serving.serve_ingress``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """``GET /readyz``: 200 when webhooks can be taken, else 503 with the reason."""
     app = request.app
-    config = app[CONFIG]
-    checks = {"config": f"{len(config.sources)} source(s), {len(config.routes)} route(s)"}
+    live = app[CONFIG].current
+    checks = {
+        "config": f"{len(live.config.sources)} source(s), {len(live.config.routes)} route(s)",
+        "config_version": live.version.as_json(),
+    }
     if app[READINESS].draining:
         return json_response({"status": "draining", **checks}, status=503)
     try:

@@ -20,7 +20,7 @@ from relay.infra.metrics import DeadLetterReason
 from relay.ingress.answers import described, error_response, json_response
 from relay.ingress.checks.request import HookRequest
 from relay.ingress.origin import client_ip, public_url
-from relay.ingress.state import CONFIG, METRICS, REDIS, SETTINGS, STORE, VERIFIERS, in_thread
+from relay.ingress.state import CONFIG, METRICS, REDIS, SETTINGS, STORE, in_thread
 from relay.mapping.routes import map_event
 from relay.mapping.sources import Source
 from relay.mapping.split import is_ping, read_events
@@ -94,20 +94,21 @@ def _hook_request(request: web.Request, settings: Settings, body: bytes) -> Hook
 
 async def receive_hook(request: web.Request) -> web.Response:
     """``POST /hooks/{source}``: verify, parse, map, store; 202 once every run is queued."""
-    settings, config = request.app[SETTINGS], request.app[CONFIG]
+    settings, live = request.app[SETTINGS], request.app[CONFIG].current  # read once: a reload may come
+    config = live.config
     source_name = request.match_info["source"]
     source = config.sources.get(source_name)
     if source is None:
         raise UnknownSource(f"no source named {source_name!r} is configured")
     body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout_s)
-    request.app[VERIFIERS][source_name].verify(_hook_request(request, settings, body))
+    live.verifiers[source_name].verify(_hook_request(request, settings, body))
     incoming = [event for event in read_events(source, request.headers, body) if not is_ping(source, event)]
     if not incoming:
         request.app[METRICS].events_received.labels(source_name, "ping", "").inc()
         return json_response({"status": "ping", "message": "verified; nothing to run"})
     events = [(event, map_event(config, source_name, event.event_type, event.document)) for event in incoming]
     window_s = settings.dedupe_window_s if source.dedupe_window_s is None else source.dedupe_window_s
-    stored = await request.app[STORE].store(source_name, events, window_s)
+    stored = await request.app[STORE].store(source_name, events, window_s, live.version.hash)
     metrics = request.app[METRICS]
     for event in stored:
         metrics.events_received.labels(source_name, event.record.status.value, "").inc()

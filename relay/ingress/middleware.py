@@ -52,7 +52,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     source = request.match_info.get("source")
     if source is not None and request.method == "POST" and request.path.startswith("/hooks/"):
         metrics = request.app[METRICS]
-        source = source if source in request.app[CONFIG].sources else UNKNOWN_SOURCE
+        source = source if source in request.app[CONFIG].current.config.sources else UNKNOWN_SOURCE
         refusal = response.get(REFUSAL)
         if refusal is not None:
             metrics.events_received.labels(source, "refused", refusal).inc()

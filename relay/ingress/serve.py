@@ -3,8 +3,9 @@
 On SIGTERM the ingress turns not-ready (``/readyz`` answers 503 and every answer closes its connection) but
 keeps serving ``RELAY_DRAIN_DELAY_S``, long enough for the load balancer's health checks to take it out.
 Then it closes its port, finishes the requests in flight and exits, all within ``RELAY_SHUTDOWN_GRACE_S``.
-A second signal exits at once. With ``--processes N`` every process binds the port with SO_REUSEPORT, so
-the kernel spreads connections across them; ``relay.infra.supervisor`` keeps them running.
+A second signal exits at once. SIGHUP reloads the config (``relay.ingress.reload``). With ``--processes N``
+every process binds the port with SO_REUSEPORT, so the kernel spreads connections across them;
+``relay.infra.supervisor`` keeps them running.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import signal
 
 from aiohttp import web
 
+from relay.errors import ConfigError
 from relay.infra.logs import AccessLogger
 from relay.ingress.app import create_app
+from relay.ingress.reload import reload_config
 from relay.ingress.state import READINESS, Readiness
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings
@@ -54,6 +57,14 @@ async def serve_ingress(
     loop = asyncio.get_running_loop()
     for signum in stop_signals:
         loop.add_signal_handler(signum, signals.put_nowait, signum)
+    reloads: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only weak references
+
+    def on_sighup() -> None:
+        task = asyncio.ensure_future(_reload(app))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await signals.get()
     app[READINESS].draining = True
     log.info(
@@ -77,6 +88,11 @@ async def serve_ingress(
             return
     # The process is about to exit: what is still in flight is cut off.
     log.warning("second signal: stopping without waiting for the requests in flight")
+
+
+async def _reload(app: web.Application) -> None:
+    with contextlib.suppress(ConfigError):  # logged by reload_config; the old config stays in force
+        await reload_config(app, "SIGHUP")
 
 
 async def _close(runner: web.AppRunner, readiness: Readiness, timeout_s: float) -> None:

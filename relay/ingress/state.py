@@ -20,6 +20,7 @@ from redis import Redis
 from relay.infra.metrics import RelayMetrics
 from relay.ingress.verify import SourceVerifier
 from relay.mapping.config import RelayConfig
+from relay.mapping.version import ConfigVersion
 from relay.queue.store import EventStore
 from relay.settings import Settings
 
@@ -39,11 +40,28 @@ class Readiness:
             await asyncio.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class LiveConfig:
+    """A validated config with what is derived from it: replaced whole on a reload, never changed."""
+
+    config: RelayConfig
+    verifiers: dict[str, SourceVerifier]
+    version: ConfigVersion
+
+
+@dataclass
+class ConfigSlot:
+    """The config in force. A reload replaces ``current`` in one assignment; a handler reads it once, so a
+    request finishes with the config it started with."""
+
+    current: LiveConfig
+    reloading: asyncio.Lock
+
+
 SETTINGS = web.AppKey("settings", Settings)
-CONFIG = web.AppKey("config", RelayConfig)
+CONFIG = web.AppKey("config", ConfigSlot)
 REDIS = web.AppKey("redis", Redis)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
-VERIFIERS = web.AppKey("verifiers", dict[str, SourceVerifier])
 STORE = web.AppKey("store", EventStore)
 METRICS = web.AppKey("metrics", RelayMetrics)
 READINESS = web.AppKey("readiness", Readiness)

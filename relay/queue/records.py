@@ -63,6 +63,7 @@ class EventRecord(BaseModel):
     received_at: float
     status: EventStatus
     routes: list[str]
+    config_version: str | None = None  # the hash of the config that mapped it (absent in older records)
 
 
 class RunOutcome(BaseModel):

@@ -95,7 +95,9 @@ def _first_outcome(
     )
 
 
-def _plan(source: str, incoming: IncomingEvent, mapped: MappedEvent, now: float) -> StoredEvent:
+def _plan(
+    source: str, incoming: IncomingEvent, mapped: MappedEvent, now: float, config_version: str | None
+) -> StoredEvent:
     routes = [run.route for run in mapped.runs] + [failure.route for failure in mapped.failures]
     record = EventRecord(
         event_id=new_event_id(),
@@ -105,6 +107,7 @@ def _plan(source: str, incoming: IncomingEvent, mapped: MappedEvent, now: float)
         received_at=now,
         status=EventStatus.IGNORED if mapped.ignored else EventStatus.ACCEPTED,
         routes=routes,
+        config_version=config_version,
     )
     runs = [_first_outcome(record, run, RunStatus.QUEUED) for run in mapped.runs]
     dead_letters = [
@@ -173,16 +176,21 @@ class EventStore:
         self._writer: asyncio.Task[None] | None = None
 
     async def store(
-        self, source: str, events: list[tuple[IncomingEvent, MappedEvent]], dedupe_window_s: int
+        self,
+        source: str,
+        events: list[tuple[IncomingEvent, MappedEvent]],
+        dedupe_window_s: int,
+        config_version: str | None = None,
     ) -> list[StoredEvent]:
-        """Store one request's events; answer once they are in Redis (duplicates: the first event's id).
+        """Store one request's events, mapped with config ``config_version``; answer once they are in Redis
+        (duplicates: the first event's id).
 
         Raises RedisUnavailable when Redis did not answer for the batch: nothing of the request was stored,
         unless the connection broke after Redis ran the script (a retry of the sender is then a duplicate).
         """
         now = time.time()
         stamp = _rq_time(now)
-        planned = [_plan(source, incoming, mapped, now) for incoming, mapped in events]
+        planned = [_plan(source, incoming, mapped, now, config_version) for incoming, mapped in events]
         encoded = []
         pipe = self._recorder.pipeline(transaction=False)
         for (incoming, mapped), plan in zip(events, planned, strict=True):

@@ -4,6 +4,7 @@ Each process is one ``RelayWorker`` (``relay.worker.threaded``) with up to ``REL
 in flight, all sharing one context (runner client and its connection pool, breakers, rate limits). A Redis
 restart does not end ``relay worker``: once Redis answers again it starts a fresh RQ worker. Several
 processes run under one supervisor, and the worker metrics are served from this process or one more.
+SIGHUP reloads the config (``WorkerContext.reload_config``, run by the worker's main loop).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def work(settings: Settings, *, burst: bool = False, context: WorkerContext | No
     Its jobs share ``context`` (default: one built from ``settings``), which it closes when done.
     """
     context = context if context is not None else WorkerContext.build(settings)
+    if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
+        signal.signal(signal.SIGHUP, context.request_reload)
+    # Read again here: a worker restarted by its supervisor takes the file as it is now (one that became
+    # invalid since the start is logged, and the worker runs on: its jobs carry their payloads).
+    context.reload_config("start")
     try:
         while True:
             # By name: RQ then builds the queue as a RelayQueue (queue_class).

@@ -164,7 +164,9 @@ class RelayWorker(BaseWorker):
                 log.exception("run %s: its end was not recorded with RQ", job.id)
 
     def _tick(self) -> None:
-        """Heartbeats, due jobs, deadlines and maintenance, each when it is due."""
+        """Heartbeats, due jobs, deadlines, maintenance and a config reload, each when it is due."""
+        if self.context.reload_requested:
+            self.context.reload_config("SIGHUP")
         at = time.monotonic()
         if at >= self._next_promotion:
             self._next_promotion = at + PROMOTE_INTERVAL_S

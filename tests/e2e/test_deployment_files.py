@@ -409,7 +409,7 @@ def test_grafana_dashboard_is_a_provisionable_dashboard() -> None:
             assert panel["targets"] and all(target["expr"] for target in panel["targets"]), panel["title"]
     titles = " ".join(panel["title"].lower() for panel in panels)
     wanted = ["events", "refusals", "ingress latency", "outcome", "runner latency", "retries", "dead letters"]
-    wanted += ["runs in flight", "saturation", "start delay", "abandoned"]
+    wanted += ["runs in flight", "saturation", "start delay", "abandoned", "config version"]
     assert [title for title in wanted if title not in titles] == []
 
 
