@@ -134,7 +134,8 @@ def test_rq_dashboard_shows_queued_running_scheduled_and_dead_lettered_runs(
     unmappable = post(relay_url, {**FORM, "submission_id": "sub-unmappable", "phone": ""})
     # A worker: one run answered 503 with Retry-After 120 (its retry scheduled two minutes ahead), one
     # refused 404 (a PHLO the runner does not know: dead-lettered), then one kept running by a slow answer.
-    processes.start([sys.executable, "-m", "relay", "worker"], env, kill=True)  # killed: SIGTERM would wait
+    # One run at a time, so that a run stays queued behind the slow one; killed: SIGTERM would wait.
+    processes.start([sys.executable, "-m", "relay", "worker", "--concurrency", "1"], env, kill=True)
     sandbox.fail(503, 1, retry_after=120)
     scheduled = post(relay_url, {**FORM, "submission_id": "sub-scheduled"})
     poll(lambda: holds(scheduled_registry, 1), timeout_s=30)
