@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from relay import __version__
-from relay.cli import records, run
+from relay.cli import pauses, records, run
 from relay.cli.arguments import positive_int
 from relay.errors import ConfigError, RelayError
 from relay.infra.logs import configure_logging
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(handler=run.dev)
 
     records.add_dlq(commands)
+    pauses.add_pause(commands)
     return parser
 
 

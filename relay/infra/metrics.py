@@ -28,6 +28,7 @@ QUEUE_OLDEST_AGE = "relay_queue_oldest_run_age_seconds"
 WORKERS = "relay_workers"
 BREAKER_STATE = "relay_circuit_breaker_state"
 REDIS_UP = "relay_redis_up"
+RUNS_HELD = "relay_runs_held"
 
 
 class DeadLetterReason(StrEnum):
@@ -201,5 +202,6 @@ METRIC_NAMES = frozenset(
         WORKERS,
         BREAKER_STATE,
         REDIS_UP,
+        RUNS_HELD,
     }
 )
