@@ -104,7 +104,7 @@ class RelayMetrics:
         )
         self.runs = Counter(
             "relay_runs",
-            "Delivery attempts' outcomes by route: succeeded, retried, waiting, dead_lettered.",
+            "Delivery attempts' outcomes by route: succeeded, retried, waiting, held, dead_lettered.",
             ["route", "outcome"],
             registry=r,
         )
