@@ -14,6 +14,7 @@
     │   └── RequestTimeout         408 (the body did not arrive within RELAY_BODY_READ_TIMEOUT_S)
     ├── MappingError           an event cannot be mapped for a route (a required field is missing, ...)
     ├── DeliveryPaused         a run held back without an attempt (breaker open, rate limit); .delay_s
+    ├── RunHeld                a run parked by a pause of its route, account or source until resumed
     ├── DeadLetterError        a dead-letter operation cannot be done (unknown job, event expired, ...)
     └── RunnerError            a PHLO run did not succeed
         ├── RunnerRejected         the runner answered non-2xx; .status, .error, .permanent
@@ -123,6 +124,10 @@ class DeliveryPaused(RelayError):
         self.reason = reason
         self.delay_s = delay_s
         super().__init__(f"{reason}; next try in {delay_s:.1f} s")
+
+
+class RunHeld(RelayError):
+    """A run is parked, not attempted, until its paused route, account or source is resumed."""
 
 
 class DeadLetterError(RelayError):

@@ -50,3 +50,16 @@ def stranded_key(queue_name: str) -> str:
     """Hash of the jobs seen in RQ's intermediate list of a queue, not started (value: when first seen, epoch
     seconds on Redis's clock), so that workers put back the ones a dead worker took."""
     return f"{PREFIX}:stranded:{queue_name}"
+
+
+PAUSE_KINDS = ("route", "account", "source")
+
+
+def paused_key(kind: str) -> str:
+    """Hash of the paused routes, accounts or sources (``kind``): name -> JSON {reason, by, at}."""
+    return f"{PREFIX}:paused:{kind}"
+
+
+def held_key(kind: str, name: str) -> str:
+    """Sorted set of the job ids a pause of one route, account or source holds (score: when held, epoch s)."""
+    return f"{PREFIX}:held:{kind}:{name}"

@@ -28,6 +28,7 @@ QUEUE_OLDEST_AGE = "relay_queue_oldest_run_age_seconds"
 WORKERS = "relay_workers"
 BREAKER_STATE = "relay_circuit_breaker_state"
 REDIS_UP = "relay_redis_up"
+RUNS_HELD = "relay_runs_held"
 
 
 class DeadLetterReason(StrEnum):
@@ -103,7 +104,7 @@ class RelayMetrics:
         )
         self.runs = Counter(
             "relay_runs",
-            "Delivery attempts' outcomes by route: succeeded, retried, waiting, dead_lettered.",
+            "Delivery attempts' outcomes by route: succeeded, retried, waiting, held, dead_lettered.",
             ["route", "outcome"],
             registry=r,
         )
@@ -227,5 +228,6 @@ METRIC_NAMES = frozenset(
         WORKERS,
         BREAKER_STATE,
         REDIS_UP,
+        RUNS_HELD,
     }
 )

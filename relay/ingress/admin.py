@@ -1,4 +1,4 @@
-"""The admin API of the ingress: dead letters over HTTP, behind ``Authorization: Bearer <RELAY_ADMIN_TOKEN>``.
+"""The ingress's admin API: dead letters and pauses, behind ``Authorization: Bearer <RELAY_ADMIN_TOKEN>``.
 
 Without ``RELAY_ADMIN_TOKEN`` the routes are not registered, so ``/admin/...`` answers 404 like any unknown
 path. A replay maps events with the config in force: after fixing the config, reload it
@@ -30,6 +30,8 @@ from relay.outcome.deadletters import (
     show_dead_letter,
 )
 from relay.outcome.replay import replay_many
+from relay.queue import pause
+from relay.queue.jobs import relay_queue
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,47 @@ async def reload(request: web.Request) -> web.Response:
     )
 
 
+async def _scope(request: web.Request) -> tuple[str, str, dict[str, Any]]:
+    """The kind and name a pause or resume names (and the whole body); 400 when either is missing or wrong."""
+    try:
+        body = await request.json()
+    except (ValueError, LookupError, RecursionError):
+        body = None
+    if not isinstance(body, dict) or not all(isinstance(body.get(key), str) for key in ("kind", "name")):
+        raise web.HTTPBadRequest(text='the body must be {"kind": "route|account|source", "name": "...", ...}')
+    problem = pause.check_scope(body["kind"], body["name"])
+    if problem is not None:
+        raise web.HTTPBadRequest(text=problem)
+    return body["kind"], body["name"], body
+
+
+async def list_pauses(request: web.Request) -> web.Response:
+    """``GET /admin/paused``: every pause with who, when, why and how many runs it holds."""
+    pauses = await in_thread(request, pause.list_paused, request.app[REDIS])
+    return web.json_response({"paused": [each.model_dump() for each in pauses]})
+
+
+async def pause_scope(request: web.Request) -> web.Response:
+    """``POST /admin/pause`` {kind, name, reason, by}: hold its runs, unattempted, until resumed."""
+    kind, name, body = await _scope(request)
+    reason, by = body.get("reason", ""), body.get("by", "admin API")
+    if not isinstance(reason, str) or not isinstance(by, str):
+        raise web.HTTPBadRequest(text="reason and by must be strings")
+    new = await in_thread(request, pause.pause, request.app[REDIS], kind, name, reason, by)
+    return web.json_response({"kind": kind, "name": name, "paused": True, "was_paused": not new})
+
+
+async def resume_scope(request: web.Request) -> web.Response:
+    """``POST /admin/resume`` {kind, name}: lift the pause and queue every run it held."""
+    kind, name, _ = await _scope(request)
+    app = request.app
+    queue = relay_queue(app[REDIS], app[SETTINGS])
+    released = await in_thread(request, pause.resume, app[REDIS], queue, kind, name)
+    if released is None:
+        return error_response(404, "not_paused", f"{kind} {name!r} is not paused")
+    return web.json_response({"kind": kind, "name": name, "resumed": True, "released": released})
+
+
 def add_admin_routes(app: web.Application, settings: Settings) -> None:
     """Register the admin API on the ingress app when RELAY_ADMIN_TOKEN is set (and not empty)."""
     token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
@@ -191,3 +234,6 @@ def add_admin_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_post("/admin/dead-letters/purge", _guarded(purge_letters, expected))
     app.router.add_get("/admin/dead-letters/{job_id}", _guarded(show_letter, expected))
     app.router.add_post("/admin/config/reload", _guarded(reload, expected))
+    app.router.add_get("/admin/paused", _guarded(list_pauses, expected))
+    app.router.add_post("/admin/pause", _guarded(pause_scope, expected))
+    app.router.add_post("/admin/resume", _guarded(resume_scope, expected))

@@ -29,11 +29,13 @@ from relay.infra.metrics import (
     QUEUE_OLDEST_AGE,
     QUEUE_RUNS,
     REDIS_UP,
+    RUNS_HELD,
     WORKERS,
     RelayMetrics,
     multiprocess_directory,
 )
 from relay.queue.jobs import relay_queue
+from relay.queue.pause import list_paused
 from relay.runner.breaker import CircuitBreaker
 from relay.settings import Settings
 
@@ -149,6 +151,14 @@ class QueueStateCollector(Collector):
             for name in BREAKER_STATES:
                 breakers.add_metric([account, name], 1 if name == state else 0)
         yield breakers
+
+        held = GaugeMetricFamily(
+            RUNS_HELD, "Runs held by each paused route, account or source (a series per pause).",
+            labels=["kind", "name"],
+        )  # fmt: skip
+        for each in list_paused(redis):
+            held.add_metric([each.kind, each.name], each.held)
+        yield held
 
 
 def _queued_age_s(redis: Redis, head: bytes | None, now: float) -> float:

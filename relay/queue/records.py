@@ -39,6 +39,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # the last attempt failed; a retry is scheduled
     DEAD_LETTERED = "dead_lettered"  # no further attempt: in RQ's failed registry
+    PAUSED = "paused"  # held by a pause of its route, account or source (relay.queue.pause): not an attempt
 
 
 class Step(BaseModel):
@@ -82,6 +83,7 @@ class RunOutcome(BaseModel):
     last_error: str | None = None
     ambiguous: bool = False
     next_attempt_at: float | None = None
+    held_s: float = 0.0  # time held by pauses, added to its maximum age
     updated_at: float = 0.0
     history: list[Step] = []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from relay.infra.metrics import DeadLetterReason
@@ -53,6 +53,10 @@ class RetryPolicy:
     @classmethod
     def from_job_kwarg(cls, raw: dict[str, Any]) -> RetryPolicy:
         return cls(**raw)
+
+    def held_for(self, held_s: float) -> RetryPolicy:
+        """The policy of a run held ``held_s`` by pauses: that time is not spent of its maximum age."""
+        return replace(self, deadline_at=self.deadline_at + held_s) if held_s > 0 else self
 
     @classmethod
     def of_job(cls, raw: dict[str, Any] | None, settings: Settings) -> RetryPolicy:

@@ -25,6 +25,7 @@ from relay.errors import (
     DeadLetterError,
     DeliveryPaused,
     MappingError,
+    RunHeld,
     RunnerError,
     RunnerRejected,
     RunnerUnreachable,
@@ -32,7 +33,7 @@ from relay.errors import (
 )
 from relay.infra.logs import bind
 from relay.infra.metrics import DeadLetterReason
-from relay.queue import records
+from relay.queue import pause, records
 from relay.queue.jobs import job_id_for
 from relay.queue.records import RunOutcome, RunStatus
 from relay.queue.retry import RetryPolicy
@@ -86,13 +87,15 @@ def deliver(
     settings = ctx.settings
     job = get_current_job()
     job_id = job.id if job is not None else job_id_for(event_id, route)
+    source = (job.meta or {}).get("source") if job is not None else None
     breaker = ctx.breaker(account)
-    # One round trip for the run's record and the breaker's answer; the breaker's probe, if it was taken
-    # for a run that then does not go, comes back when its token expires.
+    # One round trip for the run's record, the pauses and the breaker's answer; the breaker's probe, if it
+    # was taken for a run that then does not go, comes back when its token expires.
     with ctx.redis.pipeline(transaction=False) as pipe:
         records.queue_read_run(pipe, event_id, job_id)
+        pause.queue_read_scopes(pipe, route, account, source)
         breaker.queue_allow(pipe)
-        raw_run, allow_reply = pipe.execute()
+        raw_run, *paused, allow_reply = pipe.execute()
     run = records.parse_run(raw_run) or RunOutcome(
         job_id=job_id, route=route, phlo_id=phlo_id, account=account, status=RunStatus.QUEUED
     )
@@ -108,18 +111,22 @@ def deliver(
         raise DeadLetterError(f"run {job_id} was dead-lettered already: {run.last_error}")
     if run.next_attempt_at is not None:  # a retry or a held run: how late after its due time it starts
         ctx.metrics.scheduled_start_delay.observe(max(0.0, time.time() - run.next_attempt_at))
+    run = _released(run)
     abandoned = abandoned_flag.get()
-    keeper = RunKeeper(
-        ctx.redis, settings, ctx.metrics, event_id, job, RetryPolicy.of_job(policy, settings), run, abandoned
-    )
+    run_policy = RetryPolicy.of_job(policy, settings).held_for(run.held_s)
+    keeper = RunKeeper(ctx.redis, settings, ctx.metrics, event_id, job, run_policy, run, abandoned)
+    scope = pause.holding_scope(paused, route, account, source)
+    if scope is not None:  # before the credentials: pausing an account is how its credentials get fixed
+        keeper.hold(scope)
+        raise RunHeld(f"{scope.kind} {scope.name!r} is paused: held until it is resumed")
     credentials = settings.account(account)
     if credentials is None:
         keeper.give_up(f"no credentials for Plivo account {account!r}", DeadLetterReason.CREDENTIALS)
         raise SettingsError(f"no credentials for Plivo account {account!r}")
     try:
         probe = _admit(ctx, account, credentials, breaker.allowed(allow_reply))
-    except DeliveryPaused as pause:
-        keeper.pause(pause)
+    except DeliveryPaused as held_back:
+        keeper.pause(held_back)
         raise
     keeper.start()
     if abandoned is not None and abandoned.is_set():
@@ -152,6 +159,13 @@ def deliver(
             "run %s succeeded (PHLO run %s) but its outcome was not recorded", job_id, result.phlo_run_id
         )
     return {"phlo_run_id": result.phlo_run_id, "message": result.message, "status": result.status}
+
+
+def _released(run: RunOutcome) -> RunOutcome:
+    """The run with the time it was last held by a pause added to ``held_s`` (its age does not count it)."""
+    if run.status is not RunStatus.PAUSED:
+        return run
+    return run.model_copy(update={"held_s": run.held_s + max(0.0, time.time() - run.updated_at)})
 
 
 def _answer_class(exc: RunnerError) -> str:
@@ -210,7 +224,7 @@ def requeue_abandoned(ctx: WorkerContext, job: Job, reason: str, connection: Red
     run = records.read_run(redis, event_id, job.id)
     if run is None:
         return  # the event expired: RQ's retry budget decides
-    policy = RetryPolicy.of_job(job.kwargs.get("policy"), ctx.settings)
+    policy = RetryPolicy.of_job(job.kwargs.get("policy"), ctx.settings).held_for(run.held_s)
     keeper = RunKeeper(redis, ctx.settings, ctx.metrics, event_id, job, policy, run)
     with bind(job_id=job.id, event_id=event_id, route=run.route, source=job.meta.get("source")):
         if run.status is RunStatus.RUNNING:  # the request may have been out

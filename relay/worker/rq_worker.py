@@ -17,6 +17,7 @@ from rq.job import Job, JobStatus
 from rq.timeouts import BaseDeathPenalty
 from rq.types import FailureCallbackType
 
+from relay.queue import pause
 from relay.settings import load_settings
 from relay.worker.context import WorkerContext
 
@@ -43,6 +44,7 @@ class RelayJob(Job):
 
     worker_context: ClassVar[WorkerContext | None] = None
     due_at: float | None = None  # set by the run's keeper: when its retry is due (epoch seconds)
+    held_by: pause.Scope | None = None  # set by the run's keeper: the pause that parks it
 
     @classmethod
     def bound_to(cls, context: WorkerContext) -> type[RelayJob]:
@@ -58,6 +60,11 @@ class RelayJob(Job):
         return None if callback is None else partial(self._with_context, callback)
 
     def retry(self, queue: Queue, pipeline: Pipeline) -> None:
+        if self.held_by is not None:
+            # Parked in the transaction that ends its execution with RQ: a worker dying before it leaves the
+            # run in RQ's started registry, found and queued again like any run of a dead worker.
+            pause.park(pipeline, queue, self, self.held_by)
+            return
         # RQ scores a scheduled retry in whole seconds, rounded down: it could come up to a second early
         # (Retry-After is a floor). The relay's promoter reads exact scores, so the retry is due when asked.
         super().retry(queue, pipeline)

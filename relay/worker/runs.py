@@ -22,6 +22,7 @@ from rq.job import Job
 from relay.errors import DeliveryPaused
 from relay.infra.metrics import DeadLetterReason, RelayMetrics
 from relay.queue import records
+from relay.queue.pause import Scope
 from relay.queue.records import RunOutcome, RunStatus, Step
 from relay.queue.retry import GiveUp, RetryPolicy, next_attempt
 from relay.runner.client import RunResult
@@ -33,6 +34,7 @@ log = logging.getLogger("relay.worker.job")
 # The relay_runs label of each transition.
 _RUNS_OUTCOME = {
     RunStatus.WAITING: "waiting",
+    RunStatus.PAUSED: "held",
     RunStatus.FAILED: "retried",
     RunStatus.DEAD_LETTERED: "dead_lettered",
     RunStatus.SUCCEEDED: "succeeded",
@@ -67,6 +69,15 @@ class RunKeeper:
         step = Step(at=now, status=RunStatus.WAITING, note=pause.reason, retry_in_s=round(pause.delay_s, 1))
         self._record(step, "run %s waiting %.1f s: %s", pause.delay_s, pause.reason,
                      next_attempt_at=now + pause.delay_s)  # fmt: skip
+
+    def hold(self, scope: Scope) -> None:
+        """Park the run, unattempted, until its paused route, account or source is resumed."""
+        reason = f"{scope.kind} {scope.name!r} is paused"
+        self._schedule(0)
+        if isinstance(self.job, RelayJob):
+            self.job.held_by = scope  # its job's retry parks it (RelayJob.retry)
+        step = Step(at=time.time(), status=RunStatus.PAUSED, note=reason)
+        self._record(step, "run %s held: %s", reason, next_attempt_at=None)
 
     def requeue(self, delay_s: float) -> None:
         """Send the run back to the queue in ``delay_s``, without an attempt, and without a history step."""
