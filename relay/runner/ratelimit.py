@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
@@ -114,14 +115,22 @@ class AccountRateLimit:
         """Give a slot back: its request was not sent after all."""
         self.redis.zrem(self.key, reservation.slot_id)
 
-    def wait_turn(self, max_wait_s: float) -> float | None:
+    def wait_turn(self, max_wait_s: float, on_reserved: Callable[[], None] | None = None) -> float | None:
         """Sleep until one request may go: the seconds slept, or None, reserving nothing, if that is over
-        ``max_wait_s`` away."""
+        ``max_wait_s`` away.
+
+        ``on_reserved`` is called once, as soon as a slot is reserved and before the sleep: the caller's own
+        work before sending (a Redis write) is then done while it waits, not after its slot, where it
+        would make the request late (with several runs in flight, late enough to break the window).
+        """
         waited_s = 0.0
         while True:
             reservation = self.reserve(max_wait_s)
             if reservation is None:
                 return None
+            if on_reserved is not None:
+                on_reserved()
+                on_reserved = None
             if reservation.wait_s > 0:
                 time.sleep(reservation.wait_s)
                 waited_s += reservation.wait_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -46,10 +47,17 @@ from relay.worker.slots import abandoned_flag
 log = logging.getLogger(__name__)
 
 
-def _admit(ctx: WorkerContext, account: str, credentials: PlivoAccount, state: BreakerState) -> bool:
+def _admit(
+    ctx: WorkerContext,
+    account: str,
+    credentials: PlivoAccount,
+    state: BreakerState,
+    on_reserved: Callable[[], None],
+) -> bool:
     """Wait for the account's turn, or raise DeliveryPaused when the breaker is open or the wait too long.
 
-    ``state`` is what the breaker's ``allow()`` answered. True when this run is the breaker's probe.
+    ``state`` is what the breaker's ``allow()`` answered; ``on_reserved`` runs once the turn is reserved,
+    during the wait. True when this run is the breaker's probe.
     """
     if state.state == "open":
         delay_s = max((state.retry_at or time.time()) - time.time(), 0.0)
@@ -61,7 +69,7 @@ def _admit(ctx: WorkerContext, account: str, credentials: PlivoAccount, state: B
     max_wait_s = (
         settings.job_timeout_s - settings.runner_connect_timeout_s - settings.runner_read_timeout_s - 2
     )
-    waited_s = ctx.rate_limit(account, credentials).wait_turn(max_wait_s=max(max_wait_s, 0.0))
+    waited_s = ctx.rate_limit(account, credentials).wait_turn(max(max_wait_s, 0.0), on_reserved)
     if waited_s is None:
         ctx.metrics.rate_limit_waits.labels(account, "rescheduled").inc()
         raise DeliveryPaused(f"rate limit of account {account!r} is taken for the next {max_wait_s:.0f} s", 1)
@@ -124,11 +132,11 @@ def deliver(
         keeper.give_up(f"no credentials for Plivo account {account!r}", DeadLetterReason.CREDENTIALS)
         raise SettingsError(f"no credentials for Plivo account {account!r}")
     try:
-        probe = _admit(ctx, account, credentials, breaker.allowed(allow_reply))
+        # The attempt is recorded as begun (running) once its turn is reserved, while it waits for it.
+        probe = _admit(ctx, account, credentials, breaker.allowed(allow_reply), keeper.start)
     except DeliveryPaused as held_back:
         keeper.pause(held_back)
         raise
-    keeper.start()
     if abandoned is not None and abandoned.is_set():
         # Its worker gave up on it while it waited (a shutdown) and requeued it. Checked after start() is
         # recorded: a worker abandoning it from now on finds it running and marks it ambiguous.

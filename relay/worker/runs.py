@@ -54,13 +54,21 @@ class RunKeeper:
     run: RunOutcome
     # Set once its worker gave up on this attempt and requeued the run: then only a success is recorded.
     abandoned: threading.Event | None = None
+    attempt_begun: bool = False  # start() was called in this delivery
 
     def start(self) -> None:
         """An attempt begins (not a step of its own: the attempt's end is)."""
+        self.attempt_begun = True
         self._save(status=RunStatus.RUNNING, attempts=self.run.attempts + 1, next_attempt_at=None)
 
     def pause(self, pause: DeliveryPaused) -> None:
-        """Hold the run back without an attempt (breaker open, rate limit), or dead-letter it past its age."""
+        """Hold the run back without an attempt (breaker open, rate limit), or dead-letter it past its age.
+
+        An attempt that had begun (its turn reserved, then lost by waking too late) is taken back.
+        """
+        if self.attempt_begun:
+            self.attempt_begun = False
+            self.run = self.run.model_copy(update={"attempts": self.run.attempts - 1})
         now = time.time()
         if now + pause.delay_s > self.policy.deadline_at:
             self.give_up(f"{pause.reason}, and its maximum age would pass first", DeadLetterReason.MAX_AGE)
