@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.errors import ConfigError
 from relay.mapping.config import RelayConfig, parse_config
@@ -244,6 +246,37 @@ def test_there_are_at_least_30_numbers_and_several_countries() -> None:
     assert len(VALID) + len(INVALID) >= 30
     countries = {e164[:3] for _, _, e164 in VALID}
     assert {"+14", "+44", "+33", "+49", "+91", "+55", "+61", "+81"} <= countries
+
+
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+SCALARS = st.one_of(
+    st.text(max_size=40),
+    st.from_regex(r"(tel:)?[+(]?[0-9][0-9 ().\-]{0,22}( ?(ext\.?|x) ?[0-9]{1,4})?", fullmatch=True),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+)
+VALUES = st.one_of(
+    SCALARS, st.lists(SCALARS, max_size=2), st.dictionaries(st.text(max_size=3), SCALARS, max_size=2)
+)
+
+
+@given(
+    value=VALUES, region=st.one_of(st.none(), st.sampled_from(["US", "GB", "de", "IN", "XX", ""]), st.text())
+)
+def test_any_value_is_a_number_in_e164_or_a_failure_that_does_not_show_it(value: Any, region: Any) -> None:
+    mapped = map_event(FORMS, "forms", None, {"phone": value, "region": region})
+    if mapped.runs:
+        to = mapped.runs[0].payload.get("to")
+        assert to is None or E164.fullmatch(to), to
+        return
+    [failure] = mapped.failures
+    assert failure.reason.startswith("payload key 'to': not a ")
+    if isinstance(value, str) and any(char.isdigit() for char in value) and len(value) >= 4:
+        assert value not in failure.reason
+    if len(_digits(value)) >= 4 and not isinstance(value, list | dict):
+        assert _digits(value) not in _digits(failure.reason)
 
 
 @pytest.mark.parametrize("blank", [None, "", "   "])
