@@ -395,3 +395,46 @@ def test_a_bad_phone_option_is_reported_at_its_field(to: str, field: str, fragme
         message.startswith(f"route 'callback' (routes[0]): field {field}: ") and fragment in message
         for message in messages
     ), messages
+
+
+# --- e164() in JMESPath: conditions and other paths ------------------------------------------------
+
+
+BY_COUNTRY = config_of(
+    """
+sources:
+  forms: {}
+routes:
+  - name: us-callback
+    source: forms
+    when: "starts_with(e164(phone, country) || '', '+1')"
+    phlo_id: phlo-us
+    payload:
+      to: {path: phone, format: e164, default_region: {path: country}}
+  - name: uk-callback
+    source: forms
+    when: "starts_with(e164(phone, 'GB') || '', '+44')"
+    phlo_id: phlo-uk
+    payload:
+      to: {path: "e164(phone, 'GB')"}
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("event", "runs"),
+    [
+        ({"phone": "(415) 555-0123", "country": "us"}, [("us-callback", "+14155550123")]),
+        ({"phone": 4155550123, "country": "US"}, [("us-callback", "+14155550123")]),
+        ({"phone": "020 7946 0958", "country": "GB"}, [("uk-callback", "+442079460958")]),
+        ({"phone": "+44 20 7946 0958"}, [("uk-callback", "+442079460958")]),
+        ({"phone": "+1 415 555 0123"}, [("us-callback", "+14155550123")]),
+        ({"phone": "n/a", "country": "US"}, []),  # not a number: e164() is null, no route matches
+        ({"phone": None}, []),
+        ({"phone": True}, []),  # not a string or a number: JMESPath's type check fails, no value
+    ],
+)
+def test_e164_in_a_condition_routes_by_country(event: dict[str, Any], runs: list[tuple[str, str]]) -> None:
+    mapped = map_event(BY_COUNTRY, "forms", None, event)
+    assert mapped.failures == []
+    assert [(run.route, run.payload["to"]) for run in mapped.runs] == runs
