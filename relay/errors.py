@@ -13,6 +13,7 @@
     │   ├── BodyTooLarge           413
     │   └── RequestTimeout         408 (the body did not arrive within RELAY_BODY_READ_TIMEOUT_S)
     ├── MappingError           an event cannot be mapped for a route (a required field is missing, ...)
+    ├── PhoneNumberInvalid     a value is not a valid phone number; the message gives its shape, not it
     ├── DeliveryPaused         a run held back without an attempt (breaker open, rate limit); .delay_s
     ├── RunHeld                a run parked by a pause of its route, account or source until resumed
     ├── DeadLetterError        a dead-letter operation cannot be done (unknown job, event expired, ...)
@@ -115,6 +116,10 @@ class MappingError(RelayError):
         self.route = route
         self.message = message
         super().__init__(f"route {route!r}: {message}")
+
+
+class PhoneNumberInvalid(RelayError):
+    """A value that ``format: e164`` cannot read as a valid number; the mapping names the payload key."""
 
 
 class DeliveryPaused(RelayError):

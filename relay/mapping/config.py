@@ -8,7 +8,7 @@ the field, so ``relay check`` can list them all at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,10 +20,12 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from relay.errors import ConfigError, ConfigProblem
 from relay.mapping.expressions import Expression, check_expression
+from relay.mapping.phones import check_region
 from relay.mapping.sources import Source
 from relay.settings import DEFAULT_ACCOUNT
 
@@ -45,17 +47,51 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RegionPath(_Strict):
+    """A phone number's default region read from the event (a country field), with a fallback code."""
+
+    path: Expression
+    default: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _compiles(cls, path: str) -> str:
+        return check_expression(path)
+
+    @field_validator("default")
+    @classmethod
+    def _known_default(cls, default: str | None) -> str | None:
+        return None if default is None else check_region(default)
+
+
 class PathValue(_Strict):
     """A payload value taken from the event with a JMESPath expression."""
 
     path: Expression
     default: Any = None
     required: bool = False
+    format: Literal["e164"] | None = Field(
+        default=None, description="e164: normalise a phone number; one that is not valid dead-letters the run"
+    )
+    default_region: str | RegionPath | None = Field(
+        default=None, description="region code (US) or {path, default} for numbers without a country code"
+    )
 
     @field_validator("path")
     @classmethod
     def _compiles(cls, path: str) -> str:
         return check_expression(path)
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, region: str | RegionPath | None) -> str | RegionPath | None:
+        return check_region(region) if isinstance(region, str) else region
+
+    @model_validator(mode="after")
+    def _region_needs_format(self) -> PathValue:
+        if self.default_region is not None and self.format is None:
+            raise ValueError("`default_region` applies to phone numbers: add `format: e164`")
+        return self
 
 
 class LiteralValue(_Strict):

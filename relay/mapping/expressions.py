@@ -2,7 +2,8 @@
 
 The one home of JMESPath in the relay: an expression is compiled once (cached), checked when the config
 loads (``check_expression``, for the schema's validators) and evaluated without ever raising on a
-sender's document (``search``). ``config``, ``routes`` and ``split`` all go through it.
+sender's document (``search``), with the relay's functions (``e164``) beside JMESPath's. ``config``,
+``routes`` and ``split`` all go through it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 import jmespath
+from jmespath import functions
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from relay.errors import MalformedHeader
+from relay.errors import MalformedHeader, PhoneNumberInvalid
+from relay.mapping.phones import region_of, to_e164
 
 Expression = Annotated[str, Field(min_length=1)]
 
@@ -38,10 +41,26 @@ def check_expression(expression: str) -> str:
     return expression
 
 
+class RelayFunctions(functions.Functions):
+    """JMESPath's functions and the relay's own."""
+
+    @functions.signature({"types": ["string", "number", "null"]}, {"types": ["string", "null"]})
+    def _func_e164(self, number: Any, region: str | None) -> str | None:
+        """``e164(number, region)``: the number in E.164, read in the region (a code such as 'US' or
+        one the event holds) when it has no country code; null when it is not a valid number."""
+        try:
+            return to_e164(number, region_of(region))
+        except PhoneNumberInvalid:
+            return None
+
+
+_OPTIONS = jmespath.Options(custom_functions=RelayFunctions())
+
+
 def search(expression: str, document: Any) -> Any:
     """Evaluate a (validated) JMESPath expression; an evaluation error counts as no value."""
     try:
-        return compile_expression(expression).search(document)
+        return compile_expression(expression).search(document, options=_OPTIONS)
     except JMESPathError:
         return None
     # On some documents JMESPath's functions raise plain Python errors: floor() of an infinity

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from relay.errors import MappingError
-from relay.mapping.config import LiteralValue, RelayConfig, RetryOverride, Route
+from relay.errors import MappingError, PhoneNumberInvalid
+from relay.mapping.config import LiteralValue, PathValue, RegionPath, RelayConfig, RetryOverride, Route
 from relay.mapping.expressions import is_missing, search
+from relay.mapping.phones import region_of, to_e164
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,25 @@ def route_matches(route: Route, event_type: str | None, document: Any) -> bool:
     return unmatched_reason(route, event_type, document) is None
 
 
+def _region(spec: PathValue, document: Any) -> str | None:
+    """The default region of a phone number: the config's code, or the event's with its fallback."""
+    region = spec.default_region
+    if isinstance(region, RegionPath):
+        return region_of(search(region.path, document)) or region.default
+    return region
+
+
 def build_payload(route: Route, document: Any) -> dict[str, Any]:
-    """The PHLO payload of one route; raises MappingError naming a required key that has no value."""
+    """The PHLO payload of one route; raises MappingError naming a required key that has no value, or a
+    ``format: e164`` key whose value is not a valid phone number (by its shape, never the number)."""
     payload: dict[str, Any] = {}
     for key, spec in route.payload.items():
         if isinstance(spec, LiteralValue):
             value = spec.value
         else:
             value = search(spec.path, document)
+            if spec.format is not None and isinstance(value, str) and not value.strip():
+                value = None  # a phone field a form left blank is absent, not an invalid number
             if is_missing(value):
                 if spec.default is not None:
                     value = spec.default
@@ -89,6 +101,11 @@ def build_payload(route: Route, document: Any) -> dict[str, Any]:
                     raise MappingError(
                         route.name, f"required payload key {key!r}: path {spec.path!r} found no value"
                     )
+            if spec.format == "e164" and value is not None:
+                try:
+                    value = to_e164(value, _region(spec, document))
+                except PhoneNumberInvalid as exc:
+                    raise MappingError(route.name, f"payload key {key!r}: {exc}") from None
         if not _is_json(value):
             raise MappingError(
                 route.name,
