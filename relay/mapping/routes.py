@@ -10,6 +10,7 @@ from typing import Any
 from relay.errors import MappingError
 from relay.mapping.config import LiteralValue, RelayConfig, RetryOverride, Route
 from relay.mapping.expressions import is_missing, search
+from relay.mapping.quiet_hours import run_window
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class PlannedRun:
     account: str
     payload: dict[str, Any]
     retry: RetryOverride | None = None
+    window: dict[str, Any] | None = None  # quiet hours, its time zone resolved for this event
 
 
 @dataclass(frozen=True)
@@ -112,5 +114,6 @@ def map_event(config: RelayConfig, source: str, event_type: str | None, document
         except MappingError as exc:
             mapped.failures.append(UnmappedRun(route.name, route.phlo_id, route.account, exc.message))
             continue
-        mapped.runs.append(PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry))
+        window = run_window(route.deliver_between, document, payload)
+        mapped.runs.append(PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry, window))
     return mapped
