@@ -14,7 +14,7 @@
     │   └── RequestTimeout         408 (the body did not arrive within RELAY_BODY_READ_TIMEOUT_S)
     ├── MappingError           an event cannot be mapped for a route (a required field is missing, ...)
     ├── DeliveryPaused         a run held back without an attempt (breaker open, rate limit); .delay_s
-    ├── RunHeld                a run parked by a pause of its route, account or source until resumed
+    ├── RunHeld                a run parked by a pause until resumed, or held outside its quiet hours
     ├── DeadLetterError        a dead-letter operation cannot be done (unknown job, event expired, ...)
     └── RunnerError            a PHLO run did not succeed
         ├── RunnerRejected         the runner answered non-2xx; .status, .error, .permanent
@@ -127,7 +127,8 @@ class DeliveryPaused(RelayError):
 
 
 class RunHeld(RelayError):
-    """A run is parked, not attempted, until its paused route, account or source is resumed."""
+    """A run is parked, not attempted: until its paused route, account or source is resumed, or (quiet
+    hours) until its route's delivery window opens."""
 
 
 class DeadLetterError(RelayError):
