@@ -3,7 +3,11 @@ the number, and the schema's refusals."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +19,7 @@ from relay.mapping.routes import map_event
 from relay.mapping.windows import Window, first_instant_reading, parse_hhmm, spread_offset_s, zone_named
 
 NY, LONDON = "America/New_York", "Europe/London"
+EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 
 
 def utc(text: str) -> datetime:
@@ -225,3 +230,17 @@ def test_bad_quiet_hours_are_refused_naming_the_route_and_field(spec: str, says:
     assert problem.location.startswith("route 'call' (routes[0])"), problem
     assert "deliver_between" in problem.location or "deliver_between" in problem.message, problem
     assert says in problem.message, problem
+
+
+def test_relay_map_shows_the_window_and_where_its_zone_came_from() -> None:
+    mapped = subprocess.run(
+        [sys.executable, "-m", "relay", "map", "typeform", str(EXAMPLES / "samples" / "typeform.json"),
+         "--config", str(EXAMPLES / "typeform.yaml")],
+        env={key: value for key, value in os.environ.items() if not key.startswith(("RELAY_", "PLIVO_"))},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert mapped.returncode == 0, mapped.stderr
+    # The sample's +1 415 number is in one zone; the form's hidden fields name none.
+    assert "only between 09:00 and 20:00 America/Los_Angeles (zone from number; past max age: expire)" in (
+        mapped.stdout
+    )
