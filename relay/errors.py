@@ -15,7 +15,7 @@
     ├── MappingError           an event cannot be mapped for a route (a required field is missing, ...)
     ├── PhoneNumberInvalid     a value is not a valid phone number; the message gives its shape, not it
     ├── DeliveryPaused         a run held back without an attempt (breaker open, rate limit); .delay_s
-    ├── RunHeld                a run parked by a pause of its route, account or source until resumed
+    ├── RunHeld                a run parked by a pause until resumed, or held outside its quiet hours
     ├── DeadLetterError        a dead-letter operation cannot be done (unknown job, event expired, ...)
     └── RunnerError            a PHLO run did not succeed
         ├── RunnerRejected         the runner answered non-2xx; .status, .error, .permanent
@@ -132,7 +132,8 @@ class DeliveryPaused(RelayError):
 
 
 class RunHeld(RelayError):
-    """A run is parked, not attempted, until its paused route, account or source is resumed."""
+    """A run is parked, not attempted: until its paused route, account or source is resumed, or (quiet
+    hours) until its route's delivery window opens."""
 
 
 class DeadLetterError(RelayError):

@@ -30,6 +30,8 @@ def _routes(config: RelayConfig, source_name: str, event: IncomingEvent) -> list
             verdict["reason"] = f"the route is for source {route.source!r}"
         elif route.name in runs:
             verdict.update(matched=True, payload=runs[route.name].payload)
+            if runs[route.name].window is not None:
+                verdict["window"] = runs[route.name].window  # quiet hours, in the zone resolved
         elif route.name in failures:
             verdict.update(matched=True, dead_letter=failures[route.name].reason)
         else:
@@ -74,10 +76,17 @@ def dry_run(
 
 def _route_lines(route: dict[str, Any]) -> list[str]:
     if "payload" in route:
-        return [
+        lines = [
             f"  {route['route']}: matched, runs PHLO {route['phlo_id']} with",
             f"    {json.dumps(route['payload'])}",
         ]
+        if "window" in route:
+            window = route["window"]
+            lines.append(
+                f"    only between {window['start']} and {window['end']} {window['timezone']} "
+                f"(zone from {window['zone_from']}; past max age: {window['past_max_age']})"
+            )
+        return lines
     if "dead_letter" in route:
         return [f"  {route['route']}: matched, dead-lettered: {route['dead_letter']}"]
     return [f"  {route['route']}: not matched: {route['reason']}"]

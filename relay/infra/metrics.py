@@ -192,6 +192,26 @@ class RelayMetrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        # Not relay_runs_held: that name is the gauge of runs held by pauses (relay.queue.gauges).
+        self.window_held = Counter(
+            "relay_runs_window_held",
+            "Runs held outside their route's delivery window, by route and reason (quiet_hours).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.window_released = Counter(
+            "relay_runs_window_released",
+            "Held runs released once their delivery window opened, by route and reason (quiet_hours).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.runs_expired = Counter(
+            "relay_runs_expired",
+            "Runs expired unsent (not dead-lettered), by route and reason (quiet_hours: the window opens "
+            "after their maximum age).",
+            ["route", "reason"],
+            registry=r,
+        )
         self._config_hash: str | None = None
 
     def config_loaded(self, version_hash: str, loaded_at_s: float) -> None:

@@ -26,6 +26,7 @@ from pydantic import (
 from relay.errors import ConfigError, ConfigProblem
 from relay.mapping.expressions import Expression, check_expression
 from relay.mapping.phones import check_region
+from relay.mapping.quiet_hours import DeliverBetween
 from relay.mapping.sources import Source
 from relay.settings import DEFAULT_ACCOUNT
 
@@ -146,6 +147,9 @@ class Route(_Strict):
     retry: RetryOverride | None = Field(
         default=None, description="attempts, max_age_s, base_delay_s, max_delay_s of this route's runs"
     )
+    deliver_between: DeliverBetween | None = Field(
+        default=None, description="quiet hours: the local hours (in the contact's time zone) runs may start"
+    )
 
     @field_validator("when")
     @classmethod
@@ -156,6 +160,15 @@ class Route(_Strict):
     @classmethod
     def _empty_payload(cls, raw: Any) -> Any:
         return {} if raw is None else raw
+
+    @model_validator(mode="after")
+    def _number_is_a_payload_key(self) -> Route:
+        window = self.deliver_between
+        if window is not None and window.infer_from_number not in (None, *self.payload):
+            raise ValueError(
+                f"deliver_between.infer_from_number: {window.infer_from_number!r} is not a payload key"
+            )
+        return self
 
 
 class RelayConfig(_Strict):

@@ -11,6 +11,7 @@ from relay.errors import MappingError, PhoneNumberInvalid
 from relay.mapping.config import LiteralValue, PathValue, RegionPath, RelayConfig, RetryOverride, Route
 from relay.mapping.expressions import is_missing, search
 from relay.mapping.phones import region_of, to_e164
+from relay.mapping.quiet_hours import run_window
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class PlannedRun:
     account: str
     payload: dict[str, Any]
     retry: RetryOverride | None = None
+    window: dict[str, Any] | None = None  # quiet hours, its time zone resolved for this event
 
 
 @dataclass(frozen=True)
@@ -129,5 +131,6 @@ def map_event(config: RelayConfig, source: str, event_type: str | None, document
         except MappingError as exc:
             mapped.failures.append(UnmappedRun(route.name, route.phlo_id, route.account, exc.message))
             continue
-        mapped.runs.append(PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry))
+        window = run_window(route.deliver_between, document, payload)
+        mapped.runs.append(PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry, window))
     return mapped

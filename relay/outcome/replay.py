@@ -17,6 +17,7 @@ from rq.results import Result
 
 from relay.errors import DeadLetterError, MappingError
 from relay.mapping.config import RelayConfig
+from relay.mapping.quiet_hours import run_window
 from relay.mapping.routes import PlannedRun, build_payload
 from relay.outcome.deadletters import Target, dead_job, failed_registry, letter_of, target_ids
 from relay.queue import records
@@ -71,7 +72,8 @@ def replay(redis: Redis, settings: Settings, config: RelayConfig, job_id: str) -
         # What dashboards and listings show as the reason becomes the current one.
         Result.create_failure(job, settings.dead_letter_ttl_s, f"{failure_reason(exc)} (on replay)")
         return ReplayResult(job_id=job_id, replayed=False, reason=f"still cannot be mapped: {exc.message}")
-    planned = PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry)
+    window = run_window(route.deliver_between, document, payload)
+    planned = PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry, window)
     return _requeue(redis, settings, job, record, planned)
 
 

@@ -17,6 +17,7 @@ compares the job, registry and queue this leaves with what RQ's scheduler leaves
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from redis import Redis
 from rq import Queue
@@ -55,8 +56,9 @@ return moved
 class DuePromoter:
     """Moves the due runs of one queue from RQ's scheduled registry to the queue; safe from any process."""
 
-    def __init__(self, redis: Redis, queue: Queue) -> None:
+    def __init__(self, redis: Redis, queue: Queue, clock: Callable[[], float] = time.time) -> None:
         self.queue = queue
+        self.clock = clock  # Settings.now: a test's worker that lives in the future promotes by it
         self.registry = queue.scheduled_job_registry
         self._keys = [
             self.registry.key,
@@ -69,7 +71,7 @@ class DuePromoter:
     def promote(self, max_jobs: int = MAX_PER_PASS) -> list[str]:
         """Queue every run now due (up to ``max_jobs``); the ids of the jobs moved."""
         args = [
-            time.time(),
+            self.clock(),
             utcformat(now()),
             Job.redis_job_namespace_prefix,
             self.queue.key,

@@ -40,6 +40,8 @@ class RunStatus(StrEnum):
     FAILED = "failed"  # the last attempt failed; a retry is scheduled
     DEAD_LETTERED = "dead_lettered"  # no further attempt: in RQ's failed registry
     PAUSED = "paused"  # held by a pause of its route, account or source (relay.queue.pause): not an attempt
+    HELD = "held"  # outside its route's delivery window (quiet hours) until next_attempt_at: not an attempt
+    EXPIRED = "expired"  # its window opens only after its maximum age (past_max_age: expire): never sent
 
 
 class Step(BaseModel):

@@ -40,6 +40,7 @@ from relay.queue.records import RunOutcome, RunStatus
 from relay.queue.retry import RetryPolicy
 from relay.runner.breaker import BreakerState
 from relay.settings import PlivoAccount
+from relay.worker import quiet_hours
 from relay.worker.context import WorkerContext
 from relay.worker.runs import RunKeeper
 from relay.worker.slots import abandoned_flag
@@ -87,6 +88,7 @@ def deliver(
     account: str,
     payload: dict[str, Any],
     policy: dict[str, Any] | None = None,
+    window: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """RQ job: run one PHLO and record the outcome. Raises (so RQ retries or dead-letters) on failure.
 
@@ -117,6 +119,8 @@ def deliver(
         if job is not None:
             job.retries_left = 0
         raise DeadLetterError(f"run {job_id} was dead-lettered already: {run.last_error}")
+    if run.status is RunStatus.EXPIRED:  # the same for a run that expired unsent (quiet hours)
+        return {"expired": True, "reason": run.history[-1].note if run.history else None}
     if run.next_attempt_at is not None:  # a retry or a held run: how late after its due time it starts
         ctx.metrics.scheduled_start_delay.observe(max(0.0, time.time() - run.next_attempt_at))
     run = _released(run)
@@ -127,6 +131,8 @@ def deliver(
     if scope is not None:  # before the credentials: pausing an account is how its credentials get fixed
         keeper.hold(scope)
         raise RunHeld(f"{scope.kind} {scope.name!r} is paused: held until it is resumed")
+    if window is not None and (expired := quiet_hours.check_window(ctx, keeper, window)) is not None:
+        return expired
     credentials = settings.account(account)
     if credentials is None:
         keeper.give_up(f"no credentials for Plivo account {account!r}", DeadLetterReason.CREDENTIALS)

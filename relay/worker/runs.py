@@ -38,6 +38,8 @@ _RUNS_OUTCOME = {
     RunStatus.FAILED: "retried",
     RunStatus.DEAD_LETTERED: "dead_lettered",
     RunStatus.SUCCEEDED: "succeeded",
+    RunStatus.HELD: "held",
+    RunStatus.EXPIRED: "expired",
 }
 
 
@@ -86,6 +88,19 @@ class RunKeeper:
             self.job.held_by = scope  # its job's retry parks it (RelayJob.retry)
         step = Step(at=time.time(), status=RunStatus.PAUSED, note=reason)
         self._record(step, "run %s held: %s", reason, next_attempt_at=None)
+
+    def hold_until(self, release_at: float, delay_s: float, reason: str, **changes: Any) -> None:
+        """Hold the run, unattempted, in RQ's scheduled registry until ``release_at`` (``Settings.now``)."""
+        self._schedule(max(delay_s, 1.0))
+        if isinstance(self.job, RelayJob):
+            self.job.due_at = release_at  # the promoter goes by the same clock
+        step = Step(at=time.time(), status=RunStatus.HELD, note=reason, retry_in_s=round(delay_s, 1))
+        self._record(step, "run %s held: %s", reason, next_attempt_at=release_at, **changes)
+
+    def expire(self, reason: str) -> None:
+        """End the run unsent and not dead-lettered: its job finishes (``past_max_age: expire``)."""
+        step = Step(at=time.time(), status=RunStatus.EXPIRED, note=reason)
+        self._record(step, "run %s expired: %s", reason, next_attempt_at=None)
 
     def requeue(self, delay_s: float) -> None:
         """Send the run back to the queue in ``delay_s``, without an attempt, and without a history step."""

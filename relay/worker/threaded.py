@@ -86,7 +86,7 @@ class RelayWorker(BaseWorker):
             if isinstance(queue, RelayQueue):
                 queue.maintenance_lock_s = settings.maintenance_interval_s + 1
         self.slots = Slots(concurrency or settings.worker_concurrency)
-        self.promoters = [DuePromoter(self.connection, queue) for queue in self.queues]
+        self.promoters = [DuePromoter(self.connection, queue, settings.now) for queue in self.queues]
         self.stop_requested = False  # a warm shutdown: work() returns, and must not be started again
         self.cold_stop = False
         self._stop_at = 0.0  # time.monotonic() by which a warm shutdown cuts the runs in flight short
