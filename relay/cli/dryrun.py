@@ -30,6 +30,8 @@ def _routes(config: RelayConfig, source_name: str, event: IncomingEvent) -> list
             verdict["reason"] = f"the route is for source {route.source!r}"
         elif route.name in runs:
             verdict.update(matched=True, payload=runs[route.name].payload)
+            if runs[route.name].cap is not None:  # the caps it is counted under, its recipient by hash
+                verdict["caps"] = runs[route.name].cap["scopes"]  # type: ignore[index]
         elif route.name in failures:
             verdict.update(matched=True, dead_letter=failures[route.name].reason)
         else:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError, ConfigProblem
+from relay.mapping.caps import AccountOptions, RecipientLimit
 from relay.mapping.expressions import Expression, check_expression
 from relay.mapping.sources import Source
 from relay.settings import DEFAULT_ACCOUNT
@@ -110,6 +111,9 @@ class Route(_Strict):
     retry: RetryOverride | None = Field(
         default=None, description="attempts, max_age_s, base_delay_s, max_delay_s of this route's runs"
     )
+    limit_per_recipient: RecipientLimit | None = Field(
+        default=None, description="frequency cap: {key: {path: ...}, max: 1, per: 24h} (relay.mapping.caps)"
+    )
 
     @field_validator("when")
     @classmethod
@@ -127,6 +131,9 @@ class RelayConfig(_Strict):
 
     sources: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Source]
     routes: list[Route] = Field(default_factory=list)
+    accounts: dict[str, AccountOptions] = Field(
+        default_factory=dict, description="per Plivo account: limit_per_recipient (credentials: settings)"
+    )
 
     def routes_for(self, source: str) -> list[Route]:
         """The routes of one source, in config order."""
@@ -148,6 +155,8 @@ def _location(loc: tuple[int | str, ...], data: Any) -> str:
         rest = loc[2:]
     elif len(loc) >= 2 and loc[0] == "sources":
         where, rest = f"source {loc[1]!r}", loc[2:]
+    elif len(loc) >= 2 and loc[0] == "accounts":
+        where, rest = f"account {loc[1]!r}", loc[2:]
     else:
         where, rest = "top level", loc
     # pydantic names the union member it tried (`PathValue`, `function-after[...]`); users never wrote those.
@@ -204,6 +213,13 @@ def _cross_check(data: dict[str, Any], file: str, accounts: set[str] | None) -> 
                     f"{account.upper()}__AUTH_ID and __AUTH_TOKEN)",
                 )
             )
+    raw_accounts = data.get("accounts")
+    if accounts is not None and isinstance(raw_accounts, dict):
+        problems += [
+            ConfigProblem(file, f"account {name!r}", f"no Plivo account {name!r} in settings")
+            for name in raw_accounts
+            if name not in accounts
+        ]
     return problems
 
 

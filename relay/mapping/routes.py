@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from relay.errors import MappingError
+from relay.mapping.caps import resolve_cap
 from relay.mapping.config import LiteralValue, RelayConfig, RetryOverride, Route
 from relay.mapping.expressions import is_missing, search
 
@@ -21,6 +22,7 @@ class PlannedRun:
     account: str
     payload: dict[str, Any]
     retry: RetryOverride | None = None
+    cap: dict[str, Any] | None = None  # its frequency caps, as the job carries them (relay.mapping.caps)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,16 @@ def build_payload(route: Route, document: Any) -> dict[str, Any]:
     return payload
 
 
+def plan_run(config: RelayConfig, route: Route, document: Any) -> PlannedRun:
+    """The run of one matching route: its payload and caps; raises MappingError when it cannot be built."""
+    payload = build_payload(route, document)
+    account = config.accounts.get(route.account)
+    account_limit = account.limit_per_recipient if account is not None else None
+    limits = [("route", route.limit_per_recipient), ("account", account_limit)]
+    cap = resolve_cap(route.name, route.account, limits, payload, document)
+    return PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry, cap)
+
+
 def map_event(config: RelayConfig, source: str, event_type: str | None, document: Any) -> MappedEvent:
     """Every run the event causes (fan-out), and the matching routes it could not be mapped for."""
     mapped = MappedEvent()
@@ -108,9 +120,7 @@ def map_event(config: RelayConfig, source: str, event_type: str | None, document
         if not route_matches(route, event_type, document):
             continue
         try:
-            payload = build_payload(route, document)
+            mapped.runs.append(plan_run(config, route, document))
         except MappingError as exc:
             mapped.failures.append(UnmappedRun(route.name, route.phlo_id, route.account, exc.message))
-            continue
-        mapped.runs.append(PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry))
     return mapped

@@ -80,7 +80,7 @@ def _meta(record: EventRecord, run: PlannedRun | UnmappedRun) -> dict[str, str]:
 
 def _run_kwargs(record: EventRecord, run: PlannedRun, policy: RetryPolicy) -> dict[str, Any]:
     """The job's kwargs: the payload and the retry policy travel with it, so workers need no config."""
-    return {
+    kwargs = {
         "event_id": record.event_id,
         "route": run.route,
         "phlo_id": run.phlo_id,
@@ -88,6 +88,9 @@ def _run_kwargs(record: EventRecord, run: PlannedRun, policy: RetryPolicy) -> di
         "payload": run.payload,
         "policy": policy.as_job_kwarg(),
     }
+    if run.cap is not None:  # only then: the jobs of routes without a cap stay as they were
+        kwargs["cap"] = run.cap
+    return kwargs
 
 
 def _job_options(timeout_s: int, result_ttl_s: int, failure_ttl_s: int, attempts: int) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from relay.queue.records import RunOutcome, RunStatus
 from relay.queue.retry import RetryPolicy
 from relay.runner.breaker import BreakerState
 from relay.settings import PlivoAccount
+from relay.worker import caps
 from relay.worker.context import WorkerContext
 from relay.worker.runs import RunKeeper
 from relay.worker.slots import abandoned_flag
@@ -87,6 +88,7 @@ def deliver(
     account: str,
     payload: dict[str, Any],
     policy: dict[str, Any] | None = None,
+    cap: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """RQ job: run one PHLO and record the outcome. Raises (so RQ retries or dead-letters) on failure.
 
@@ -127,6 +129,8 @@ def deliver(
     if scope is not None:  # before the credentials: pausing an account is how its credentials get fixed
         keeper.hold(scope)
         raise RunHeld(f"{scope.kind} {scope.name!r} is paused: held until it is resumed")
+    if (over_cap := caps.suppressed(ctx, keeper, cap)) is not None:  # over a frequency cap: not sent
+        return over_cap
     credentials = settings.account(account)
     if credentials is None:
         keeper.give_up(f"no credentials for Plivo account {account!r}", DeadLetterReason.CREDENTIALS)
