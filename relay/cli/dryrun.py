@@ -76,9 +76,15 @@ def dry_run(
 
 def _route_lines(route: dict[str, Any]) -> list[str]:
     if "payload" in route:
+        caps = [
+            f"    capped: {cap['max']} per {cap['per_s']} s per recipient ({cap['kind']} {cap['name']}, "
+            f"recipient sha256 {cap['recipient'][:12]}...)"
+            for cap in route.get("caps", [])
+        ]
         return [
             f"  {route['route']}: matched, runs PHLO {route['phlo_id']} with",
             f"    {json.dumps(route['payload'])}",
+            *caps,
         ]
     if "dead_letter" in route:
         return [f"  {route['route']}: matched, dead-lettered: {route['dead_letter']}"]
