@@ -5,6 +5,8 @@ replay past the cap.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 from pydantic import SecretStr
@@ -16,7 +18,9 @@ from relay import keys
 from relay.ingress.app import create_app
 from relay.mapping.caps import recipient_hash
 from relay.mapping.config import parse_config
-from relay.outcome.replay import replay
+from relay.outcome.override import replay_suppressed
+from relay.outcome.replay import ReplayResult, replay
+from relay.queue.jobs import relay_queue
 from relay.queue.records import read_event
 from relay.settings import Settings
 from tests.conftest import ALERT_PHLO, KNOWN_PHLO, Sandbox, drain_queue
@@ -149,4 +153,29 @@ async def test_the_admin_api_replays_a_suppressed_run_only_past_its_cap(
     assert answer["results"][1]["reason"] == "no such run (never queued, or expired)"
     drain_queue(settings)
     assert statuses(redis, first) == statuses(redis, second) == {"call": "succeeded"}
+    assert len(sandbox.runs()) == 2
+
+
+async def test_two_replays_of_one_suppressed_run_at_once_queue_it_once(
+    aiohttp_client: Any, settings: Settings, sandbox: Sandbox, redis: Redis
+) -> None:
+    config = parse_config(CONFIG, "caps.yaml")
+    client = await aiohttp_client(create_app(settings, config))
+    events = [await post(client, "r-1"), await post(client, "r-2")]
+    drain_queue(settings)
+    [job_id] = [f"{event}-call" for event in events if statuses(redis, event) == {"call": "suppressed"}]
+    start = threading.Barrier(2)
+
+    def replay_it() -> ReplayResult:
+        start.wait()
+        return replay_suppressed(redis, settings, config, job_id)
+
+    results = await asyncio.gather(*(asyncio.to_thread(replay_it) for _ in range(2)))
+    assert sorted(result.replayed for result in results) == [False, True]
+    assert next(result.reason for result in results if not result.replayed) in (
+        "already replayed",
+        "not suppressed: it is queued",
+    )
+    assert relay_queue(redis, settings).job_ids == [job_id]
+    drain_queue(settings)
     assert len(sandbox.runs()) == 2
