@@ -63,3 +63,9 @@ def paused_key(kind: str) -> str:
 def held_key(kind: str, name: str) -> str:
     """Sorted set of the job ids a pause of one route, account or source holds (score: when held, epoch s)."""
     return f"{PREFIX}:held:{kind}:{name}"
+
+
+def cap_key(kind: str, name: str, recipient_hash: str) -> str:
+    """Sorted set of the runs one route's or account's frequency cap counted for one recipient (its SHA-256),
+    member ``<event id> <job id>``, score: when counted (epoch ms)."""
+    return f"{PREFIX}:cap:{kind}:{name}:{recipient_hash}"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from relay import __version__
-from relay.cli import hooks, pauses, records, run
+from relay.cli import hooks, pauses, records, run, runs
 from relay.cli.arguments import positive_int
 from relay.errors import ConfigError, RelayError
 from relay.infra.logs import configure_logging
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_dlq(commands)
     hooks.add_hook_commands(commands)
     pauses.add_pause(commands)
+    runs.add_runs(commands)
     return parser
 
 

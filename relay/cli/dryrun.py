@@ -32,6 +32,8 @@ def _routes(config: RelayConfig, source_name: str, event: IncomingEvent) -> list
             verdict.update(matched=True, payload=runs[route.name].payload)
             if runs[route.name].window is not None:
                 verdict["window"] = runs[route.name].window  # quiet hours, in the zone resolved
+            if runs[route.name].cap is not None:  # the caps it is counted under, its recipient by hash
+                verdict["caps"] = runs[route.name].cap["scopes"]  # type: ignore[index]
         elif route.name in failures:
             verdict.update(matched=True, dead_letter=failures[route.name].reason)
         else:
@@ -76,9 +78,15 @@ def dry_run(
 
 def _route_lines(route: dict[str, Any]) -> list[str]:
     if "payload" in route:
+        caps = [
+            f"    capped: {cap['max']} per {cap['per_s']} s per recipient ({cap['kind']} {cap['name']}, "
+            f"recipient sha256 {cap['recipient'][:12]}...)"
+            for cap in route.get("caps", [])
+        ]
         lines = [
             f"  {route['route']}: matched, runs PHLO {route['phlo_id']} with",
             f"    {json.dumps(route['payload'])}",
+            *caps,
         ]
         if "window" in route:
             window = route["window"]

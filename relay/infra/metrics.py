@@ -104,7 +104,8 @@ class RelayMetrics:
         )
         self.runs = Counter(
             "relay_runs",
-            "Delivery attempts' outcomes by route: succeeded, retried, waiting, held, dead_lettered.",
+            "Delivery attempts' outcomes by route: succeeded, retried, waiting, held, dead_lettered, "
+            "suppressed.",
             ["route", "outcome"],
             registry=r,
         )
@@ -212,6 +213,12 @@ class RelayMetrics:
             ["route", "reason"],
             registry=r,
         )
+        self.runs_suppressed = Counter(
+            "relay_runs_suppressed",
+            "Runs not sent because they were over a frequency cap (limit_per_recipient), by route.",
+            ["route"],
+            registry=r,
+        )
         self._config_hash: str | None = None
 
     def config_loaded(self, version_hash: str, loaded_at_s: float) -> None:
@@ -249,5 +256,6 @@ METRIC_NAMES = frozenset(
         BREAKER_STATE,
         REDIS_UP,
         RUNS_HELD,
+        "relay_runs_suppressed_total",
     }
 )

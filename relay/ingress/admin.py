@@ -29,6 +29,7 @@ from relay.outcome.deadletters import (
     purge,
     show_dead_letter,
 )
+from relay.outcome.override import replay_many_suppressed
 from relay.outcome.replay import replay_many
 from relay.queue import pause
 from relay.queue.jobs import relay_queue
@@ -223,6 +224,30 @@ async def resume_scope(request: web.Request) -> web.Response:
     return web.json_response({"kind": kind, "name": name, "resumed": True, "released": released})
 
 
+async def replay_runs(request: web.Request) -> web.Response:
+    """``POST /admin/runs/replay`` {job_ids, override_cap: true}: queue suppressed runs past their cap."""
+    try:
+        body = await request.json()
+    except (ValueError, LookupError, RecursionError):
+        body = None
+    job_ids = body.get("job_ids") if isinstance(body, dict) else None
+    if not (isinstance(job_ids, list) and job_ids and all(isinstance(v, str) and v for v in job_ids)):
+        raise web.HTTPBadRequest(text='the body must be {"job_ids": ["..."], "override_cap": true}')
+    if body.get("override_cap") is not True:
+        raise web.HTTPBadRequest(text='a suppressed run is sent only past its cap: add "override_cap": true')
+    app = request.app
+    config = app[CONFIG].current.config
+    results = await in_thread(request, replay_many_suppressed, app[REDIS], app[SETTINGS], config, job_ids)
+    replayed = sum(result.replayed for result in results)
+    return web.json_response(
+        {
+            "replayed": replayed,
+            "not_replayed": len(results) - replayed,
+            "results": [result.model_dump(mode="json") for result in results],
+        }
+    )
+
+
 def add_admin_routes(app: web.Application, settings: Settings) -> None:
     """Register the admin API on the ingress app when RELAY_ADMIN_TOKEN is set (and not empty)."""
     token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
@@ -237,3 +262,4 @@ def add_admin_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_get("/admin/paused", _guarded(list_pauses, expected))
     app.router.add_post("/admin/pause", _guarded(pause_scope, expected))
     app.router.add_post("/admin/resume", _guarded(resume_scope, expected))
+    app.router.add_post("/admin/runs/replay", _guarded(replay_runs, expected))

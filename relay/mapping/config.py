@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError, ConfigProblem
+from relay.mapping.caps import AccountOptions, RecipientLimit
 from relay.mapping.expressions import Expression, check_expression
 from relay.mapping.phones import check_region
 from relay.mapping.quiet_hours import DeliverBetween
@@ -150,6 +151,9 @@ class Route(_Strict):
     deliver_between: DeliverBetween | None = Field(
         default=None, description="quiet hours: the local hours (in the contact's time zone) runs may start"
     )
+    limit_per_recipient: RecipientLimit | None = Field(
+        default=None, description="frequency cap: {key: {path: ...}, max: 1, per: 24h} (relay.mapping.caps)"
+    )
 
     @field_validator("when")
     @classmethod
@@ -176,6 +180,9 @@ class RelayConfig(_Strict):
 
     sources: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Source]
     routes: list[Route] = Field(default_factory=list)
+    accounts: dict[str, AccountOptions] = Field(
+        default_factory=dict, description="per Plivo account: limit_per_recipient (credentials: settings)"
+    )
 
     def routes_for(self, source: str) -> list[Route]:
         """The routes of one source, in config order."""
@@ -197,6 +204,8 @@ def _location(loc: tuple[int | str, ...], data: Any) -> str:
         rest = loc[2:]
     elif len(loc) >= 2 and loc[0] == "sources":
         where, rest = f"source {loc[1]!r}", loc[2:]
+    elif len(loc) >= 2 and loc[0] == "accounts":
+        where, rest = f"account {loc[1]!r}", loc[2:]
     else:
         where, rest = "top level", loc
     # pydantic names the union member it tried (`PathValue`, `function-after[...]`); users never wrote those.
@@ -253,6 +262,13 @@ def _cross_check(data: dict[str, Any], file: str, accounts: set[str] | None) -> 
                     f"{account.upper()}__AUTH_ID and __AUTH_TOKEN)",
                 )
             )
+    raw_accounts = data.get("accounts")
+    if accounts is not None and isinstance(raw_accounts, dict):
+        problems += [
+            ConfigProblem(file, f"account {name!r}", f"no Plivo account {name!r} in settings")
+            for name in raw_accounts
+            if name not in accounts
+        ]
     return problems
 
 

@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from relay.errors import MappingError, PhoneNumberInvalid
+from relay.mapping.caps import resolve_cap
 from relay.mapping.config import LiteralValue, PathValue, RegionPath, RelayConfig, RetryOverride, Route
 from relay.mapping.expressions import is_missing, search
 from relay.mapping.phones import region_of, to_e164
@@ -24,6 +25,7 @@ class PlannedRun:
     payload: dict[str, Any]
     retry: RetryOverride | None = None
     window: dict[str, Any] | None = None  # quiet hours, its time zone resolved for this event
+    cap: dict[str, Any] | None = None  # its frequency caps, as the job carries them (relay.mapping.caps)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,17 @@ def build_payload(route: Route, document: Any) -> dict[str, Any]:
     return payload
 
 
+def plan_run(config: RelayConfig, route: Route, document: Any) -> PlannedRun:
+    """One matching route's run: payload, quiet hours, caps; raises MappingError when it cannot be built."""
+    payload = build_payload(route, document)
+    account = config.accounts.get(route.account)
+    account_limit = account.limit_per_recipient if account is not None else None
+    limits = [("route", route.limit_per_recipient), ("account", account_limit)]
+    cap = resolve_cap(route.name, route.account, limits, payload, document)
+    window = run_window(route.deliver_between, document, payload)
+    return PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry, window, cap)
+
+
 def map_event(config: RelayConfig, source: str, event_type: str | None, document: Any) -> MappedEvent:
     """Every run the event causes (fan-out), and the matching routes it could not be mapped for."""
     mapped = MappedEvent()
@@ -127,10 +140,7 @@ def map_event(config: RelayConfig, source: str, event_type: str | None, document
         if not route_matches(route, event_type, document):
             continue
         try:
-            payload = build_payload(route, document)
+            mapped.runs.append(plan_run(config, route, document))
         except MappingError as exc:
             mapped.failures.append(UnmappedRun(route.name, route.phlo_id, route.account, exc.message))
-            continue
-        window = run_window(route.deliver_between, document, payload)
-        mapped.runs.append(PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry, window))
     return mapped

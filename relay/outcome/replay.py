@@ -17,8 +17,7 @@ from rq.results import Result
 
 from relay.errors import DeadLetterError, MappingError
 from relay.mapping.config import RelayConfig
-from relay.mapping.quiet_hours import run_window
-from relay.mapping.routes import PlannedRun, build_payload
+from relay.mapping.routes import PlannedRun, plan_run
 from relay.outcome.deadletters import Target, dead_job, failed_registry, letter_of, target_ids
 from relay.queue import records
 from relay.queue.jobs import failure_reason, relay_queue, run_job_data
@@ -56,7 +55,7 @@ def replay(redis: Redis, settings: Settings, config: RelayConfig, job_id: str) -
             f"route {route.name!r} now takes events of source {route.source!r}, not {record.source!r}"
         )
     try:
-        payload = build_payload(route, document)
+        planned = plan_run(config, route, document)
     except MappingError as exc:
         run = records.read_run(redis, record.event_id, job_id)
         if run is not None:
@@ -72,8 +71,6 @@ def replay(redis: Redis, settings: Settings, config: RelayConfig, job_id: str) -
         # What dashboards and listings show as the reason becomes the current one.
         Result.create_failure(job, settings.dead_letter_ttl_s, f"{failure_reason(exc)} (on replay)")
         return ReplayResult(job_id=job_id, replayed=False, reason=f"still cannot be mapped: {exc.message}")
-    window = run_window(route.deliver_between, document, payload)
-    planned = PlannedRun(route.name, route.phlo_id, route.account, payload, route.retry, window)
     return _requeue(redis, settings, job, record, planned)
 
 

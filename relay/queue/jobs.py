@@ -90,6 +90,8 @@ def _run_kwargs(record: EventRecord, run: PlannedRun, policy: RetryPolicy) -> di
     }
     if run.window is not None:  # only then: a route without quiet hours keeps the job it always had
         kwargs["window"] = run.window
+    if run.cap is not None:  # only then: the jobs of routes without a cap stay as they were
+        kwargs["cap"] = run.cap
     return kwargs
 
 

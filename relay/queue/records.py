@@ -42,6 +42,7 @@ class RunStatus(StrEnum):
     PAUSED = "paused"  # held by a pause of its route, account or source (relay.queue.pause): not an attempt
     HELD = "held"  # outside its route's delivery window (quiet hours) until next_attempt_at: not an attempt
     EXPIRED = "expired"  # its window opens only after its maximum age (past_max_age: expire): never sent
+    SUPPRESSED = "suppressed"  # over a frequency cap (relay.queue.caps): never sent, retried or dead-lettered
 
 
 class Step(BaseModel):
@@ -54,6 +55,17 @@ class Step(BaseModel):
     error: str | None = None
     retry_in_s: float | None = None
     note: str | None = None
+
+
+class Collision(BaseModel):
+    """The earlier run a suppressed run collided with, under which cap (the recipient is never named)."""
+
+    job_id: str
+    event_id: str
+    kind: str  # route or account
+    name: str
+    max: int
+    per_s: int
 
 
 class EventRecord(BaseModel):
@@ -86,6 +98,7 @@ class RunOutcome(BaseModel):
     ambiguous: bool = False
     next_attempt_at: float | None = None
     held_s: float = 0.0  # time held by pauses, added to its maximum age
+    collided_with: Collision | None = None  # a suppressed run: the earlier run over whose cap it went
     updated_at: float = 0.0
     history: list[Step] = []
 

@@ -40,7 +40,7 @@ from relay.queue.records import RunOutcome, RunStatus
 from relay.queue.retry import RetryPolicy
 from relay.runner.breaker import BreakerState
 from relay.settings import PlivoAccount
-from relay.worker import quiet_hours
+from relay.worker import caps, quiet_hours
 from relay.worker.context import WorkerContext
 from relay.worker.runs import RunKeeper
 from relay.worker.slots import abandoned_flag
@@ -89,6 +89,7 @@ def deliver(
     payload: dict[str, Any],
     policy: dict[str, Any] | None = None,
     window: dict[str, Any] | None = None,
+    cap: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """RQ job: run one PHLO and record the outcome. Raises (so RQ retries or dead-letters) on failure.
 
@@ -133,6 +134,8 @@ def deliver(
         raise RunHeld(f"{scope.kind} {scope.name!r} is paused: held until it is resumed")
     if window is not None and (expired := quiet_hours.check_window(ctx, keeper, window)) is not None:
         return expired
+    if (over_cap := caps.suppressed(ctx, keeper, cap)) is not None:  # over a frequency cap: not sent
+        return over_cap
     credentials = settings.account(account)
     if credentials is None:
         keeper.give_up(f"no credentials for Plivo account {account!r}", DeadLetterReason.CREDENTIALS)

@@ -23,7 +23,7 @@ from relay.errors import DeliveryPaused
 from relay.infra.metrics import DeadLetterReason, RelayMetrics
 from relay.queue import records
 from relay.queue.pause import Scope
-from relay.queue.records import RunOutcome, RunStatus, Step
+from relay.queue.records import Collision, RunOutcome, RunStatus, Step
 from relay.queue.retry import GiveUp, RetryPolicy, next_attempt
 from relay.runner.client import RunResult
 from relay.settings import Settings
@@ -40,6 +40,7 @@ _RUNS_OUTCOME = {
     RunStatus.SUCCEEDED: "succeeded",
     RunStatus.HELD: "held",
     RunStatus.EXPIRED: "expired",
+    RunStatus.SUPPRESSED: "suppressed",
 }
 
 
@@ -101,6 +102,17 @@ class RunKeeper:
         """End the run unsent and not dead-lettered: its job finishes (``past_max_age: expire``)."""
         step = Step(at=time.time(), status=RunStatus.EXPIRED, note=reason)
         self._record(step, "run %s expired: %s", reason, next_attempt_at=None)
+
+    def suppress(self, collision: Collision) -> None:
+        """Record the run as over a frequency cap: not sent, and its job ends (finished) without a retry."""
+        self.metrics.runs_suppressed.labels(self.run.route).inc()
+        reason = (
+            f"over the {collision.kind} {collision.name!r} cap of {collision.max} per {collision.per_s} s "
+            f"for this recipient: earlier run {collision.job_id}"
+        )
+        step = Step(at=time.time(), status=RunStatus.SUPPRESSED, note=reason)
+        self._record(step, "run %s suppressed: %s", reason, collided_with=collision, next_attempt_at=None,
+                     log_fields={"collided_with": collision.job_id})  # fmt: skip
 
     def requeue(self, delay_s: float) -> None:
         """Send the run back to the queue in ``delay_s``, without an attempt, and without a history step."""
