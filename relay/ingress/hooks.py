@@ -20,7 +20,7 @@ from relay.infra.metrics import DeadLetterReason
 from relay.ingress.answers import described, error_response, json_response
 from relay.ingress.checks.request import HookRequest
 from relay.ingress.origin import client_ip, public_url
-from relay.ingress.state import CONFIG, METRICS, REDIS, SETTINGS, STORE, in_thread
+from relay.ingress.state import CONFIG, METRICS, REDIS, SETTINGS, STATS, STORE, in_thread
 from relay.mapping.routes import map_event
 from relay.mapping.sources import Source
 from relay.mapping.split import is_ping, read_events
@@ -105,6 +105,7 @@ async def receive_hook(request: web.Request) -> web.Response:
     incoming = [event for event in read_events(source, request.headers, body) if not is_ping(source, event)]
     if not incoming:
         request.app[METRICS].events_received.labels(source_name, "ping", "").inc()
+        request.app[STATS].count(source_name, "ping")
         return json_response({"status": "ping", "message": "verified; nothing to run"})
     events = [(event, map_event(config, source_name, event.event_type, event.document)) for event in incoming]
     window_s = settings.dedupe_window_s if source.dedupe_window_s is None else source.dedupe_window_s
@@ -112,6 +113,7 @@ async def receive_hook(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     for event in stored:
         metrics.events_received.labels(source_name, event.record.status.value, "").inc()
+        request.app[STATS].count(source_name, event.record.status.value)
         for run in event.runs:
             metrics.runs_enqueued.labels(run.route).inc()
         for run in event.dead_letters:

@@ -1,0 +1,57 @@
+"""Shared by the console's tests: an ingress app with the admin token, and a client logged in to it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
+
+from relay.ingress.app import create_app
+from relay.mapping.config import RelayConfig
+from relay.settings import Settings
+from tests.conftest import watch_secrets
+
+Client = TestClient[web.Request, web.Application]
+TOKEN = "console-admin-token-for-tests-51b9"
+watch_secrets(TOKEN)
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def with_token(settings: Settings, **updates: Any) -> Settings:
+    return settings.model_copy(update={"admin_token": SecretStr(TOKEN), **updates})
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token of the first form of a page."""
+    match = _CSRF.search(html)
+    assert match is not None, "no CSRF field in the page"
+    return match[1]
+
+
+async def log_in(client: Client, token: str = TOKEN) -> Any:
+    """Fetch the login form and post the token; the answer to the post (not followed)."""
+    form = await client.get("/console/login")
+    assert form.status == 200
+    csrf = csrf_of(await form.text())
+    return await client.post(
+        "/console/login", data={"token": token, "csrf_token": csrf},
+        allow_redirects=False,
+    )  # fmt: skip
+
+
+async def console_client(aiohttp_client: Any, settings: Settings, config: RelayConfig) -> Client:
+    """A client of an ingress with the admin token set, logged in to the console."""
+    client: Client = await aiohttp_client(create_app(with_token(settings), config))
+    answer = await log_in(client)
+    assert answer.status == 303, await answer.text()
+    return client
+
+
+async def page_csrf(client: Client, path: str = "/console/") -> str:
+    """The session's CSRF token, read from a page's forms."""
+    answer = await client.get(path)
+    assert answer.status == 200, await answer.text()
+    return csrf_of(await answer.text())
