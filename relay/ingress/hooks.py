@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.errors import BodyTooLarge, RequestTimeout, UnknownSource
+from relay.infra.logs import bound
 from relay.infra.metrics import DeadLetterReason
 from relay.ingress.answers import described, error_response, json_response
 from relay.ingress.checks.request import HookRequest
@@ -109,7 +110,9 @@ async def receive_hook(request: web.Request) -> web.Response:
         return json_response({"status": "ping", "message": "verified; nothing to run"})
     events = [(event, map_event(config, source_name, event.event_type, event.document)) for event in incoming]
     window_s = settings.dedupe_window_s if source.dedupe_window_s is None else source.dedupe_window_s
-    stored = await request.app[STORE].store(source_name, events, window_s, live.version.hash)
+    stored = await request.app[STORE].store(
+        source_name, events, window_s, live.version.hash, request_id=bound("request_id")
+    )
     metrics = request.app[METRICS]
     for event in stored:
         metrics.events_received.labels(source_name, event.record.status.value, "").inc()
