@@ -76,7 +76,7 @@ def console_once_key(token_digest: str) -> str:
     return f"{PREFIX}:console:once:{token_digest}"
 
 
-def stats_key(kind: str, minute: int) -> str:
+def stats_key(kind: str, minute: int | str) -> str:
     """Hash of one minute's counts for the console (``kind``: events or runs; ``minute``: epoch s // 60);
     fields like ``<source>|accepted`` or ``<route>|succeeded``, incremented, expiring after a day."""
     return f"{PREFIX}:stats:{kind}:{minute}"

@@ -121,6 +121,7 @@ async def receive_hook(request: web.Request) -> web.Response:
             metrics.runs_enqueued.labels(run.route).inc()
         for run in event.dead_letters:
             metrics.dead_letters.labels(run.route, DeadLetterReason.UNMAPPABLE).inc()
+            request.app[STATS].count_dead_letter(run.route, run.last_error)
         log.info(
             "event %s from %s: %s, %d run(s) queued, %d dead-lettered",
             event.record.event_id,

@@ -62,16 +62,30 @@ def count_run(pipe: Pipeline, route: str, outcome: str, at_s: float, error: str 
 
 @dataclass
 class EventCounter:
-    """The ingress's counts of events (source, outcome) since its last write, written once a second."""
+    """The ingress's counts since its last write, written once a second: events by source and outcome,
+    and the runs it dead-letters itself (a route it could not map) by route, with their error."""
 
     redis: redis.asyncio.Redis
     interval_s: float = FLUSH_INTERVAL_S
-    _counts: Counter[tuple[int, str]] = field(default_factory=Counter)
+    _counts: Counter[tuple[str, int, str]] = field(default_factory=Counter)  # (kind, bucket, field)
+    _errors: dict[str, str] = field(default_factory=dict)  # route -> JSON {at, error}
     _writer: asyncio.Task[None] | None = None
 
     def count(self, source: str, outcome: str) -> None:
         """One event of ``source``: accepted, ignored, duplicate, ping or ``refused:<reason>``."""
-        self._counts[(minute_of(time.time()), _field(source, outcome))] += 1
+        self._counts[(EVENTS, minute_of(time.time()), _field(source, outcome))] += 1
+        self._start()
+
+    def count_dead_letter(self, route: str, error: str | None) -> None:
+        """A run of ``route`` dead-lettered as its event came in (its payload could not be built)."""
+        now = time.time()
+        self._counts[(RUNS, minute_of(now), _field(route, "dead_lettered"))] += 1
+        self._counts[(RUNS_HOURLY, hour_of(now), _field(route, "dead_lettered"))] += 1
+        if error is not None:
+            self._errors[route] = json.dumps({"at": now, "error": error[:ERROR_CHARS]})
+        self._start()
+
+    def _start(self) -> None:
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_every_interval())
 
@@ -82,19 +96,25 @@ class EventCounter:
 
     async def flush(self) -> None:
         """Write the counts held; on a Redis error they are kept for the next write."""
-        if not self._counts:
+        if not self._counts and not self._errors:
             return
         counts, self._counts = self._counts, Counter()
+        errors, self._errors = self._errors, {}
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for (minute, name), n in counts.items():
-                    pipe.hincrby(keys.stats_key(EVENTS, minute), name, n)
-                for minute in {minute for minute, _ in counts}:
-                    pipe.expire(keys.stats_key(EVENTS, minute), MINUTE_TTL_S)
+                for (kind, bucket, name), n in counts.items():
+                    pipe.hincrby(keys.stats_key(kind, bucket), name, n)
+                for kind, bucket in {(kind, bucket) for kind, bucket, _ in counts}:
+                    pipe.expire(
+                        keys.stats_key(kind, bucket), HOUR_TTL_S if kind == RUNS_HOURLY else MINUTE_TTL_S
+                    )
+                for route, error in errors.items():
+                    pipe.hset(keys.last_error_key(), route, error)
                 await pipe.execute()
         except RedisError as exc:
             log.warning("console counts not written, kept for the next try: %s", exc)
             self._counts.update(counts)
+            self._errors = {**errors, **self._errors}
 
     async def close(self) -> None:
         """Stop writing every interval, after a last write."""

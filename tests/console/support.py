@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -14,6 +17,7 @@ from relay.mapping.config import RelayConfig
 from relay.settings import Settings
 from tests.conftest import watch_secrets
 
+T = TypeVar("T")
 Client = TestClient[web.Request, web.Application]
 TOKEN = "console-admin-token-for-tests-51b9"
 watch_secrets(TOKEN)
@@ -55,3 +59,14 @@ async def page_csrf(client: Client, path: str = "/console/") -> str:
     answer = await client.get(path)
     assert answer.status == 200, await answer.text()
     return csrf_of(await answer.text())
+
+
+async def apoll(check: Callable[[], Awaitable[T | None]], timeout_s: float = 20.0) -> T:
+    """``tests.conftest.poll`` for checks that await: until ``check`` returns a value, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.05)

@@ -24,8 +24,23 @@ from tests.console.support import (
     with_token,
 )
 
-PAGES = ["/console/", "/console/events", "/console/dead-letters", "/console/routes"]
-POSTS = ["/console/logout"]  # the pages' forms are added with them
+PAGES = [
+    "/console/",
+    "/console",
+    "/console/events",
+    "/console/dead-letters",
+    "/console/dead-letters/confirm?action=purge&job_id=x",
+    "/console/routes",
+]
+POSTS = [
+    "/console/logout",
+    "/console/dead-letters/confirm",
+    "/console/dead-letters/replay",
+    "/console/dead-letters/purge",
+    "/console/pause",
+    "/console/resume",
+    "/console/reload",
+]
 
 
 def _cookie(answer: Any, name: str) -> Any:

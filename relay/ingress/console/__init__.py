@@ -17,7 +17,7 @@ Contract for every page module (``overview``, ``events``, ``deadletters``, ``rou
   Autoescape is ON for every template and undefined names raise (StrictUndefined): never use ``|safe``
   or ``Markup`` on anything a sender controls. Every POST form contains ``{{ csrf_field() }}`` (in a
   macro, import it ``with context``). Context every page gets: ``csrf_field``, ``csrf_token``,
-  ``config_version``, ``nav``.
+  ``config_version``, ``nav``. Filters: ``timestamp`` (epoch s -> UTC text).
 - Static files: ``console/static/`` served at ``/console/static/<file>``; CSS and any script are files
   there (``<script src="/console/static/x.js">``): the CSP forbids inline script and style attributes
   and anything from another origin. Package data is declared in pyproject.

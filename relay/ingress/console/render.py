@@ -11,6 +11,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp_jinja2
@@ -55,7 +56,15 @@ def setup_templates(app: web.Application) -> None:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         default_helpers=False,
+        filters={"timestamp": timestamp},
     )
+
+
+def timestamp(epoch_s: float | None) -> str:
+    """``{{ x | timestamp }}``: epoch seconds as UTC to the second; an em dash for None."""
+    if epoch_s is None:
+        return "—"
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
