@@ -76,10 +76,10 @@ def screenshot_dirs(tmp_path: Path) -> list[Path]:
 
 def start_relay(processes: Processes, settings: Settings, *, worker: bool = True) -> str:
     """A real ``relay serve`` (and, unless told not to, a ``relay worker``) on ``settings``; its URL once it
-    answers. The worker is killed at the end: SIGTERM would wait for its runs."""
+    answers. Both are killed at the end: SIGTERM would wait for runs and drain requests, at no use here."""
     env = clean_environment(**settings.as_environment())
     port = free_port()
-    processes.start([sys.executable, "-m", "relay", "serve", "--port", str(port)], env)
+    processes.start([sys.executable, "-m", "relay", "serve", "--port", str(port)], env, kill=True)
     if worker:
         processes.start([sys.executable, "-m", "relay", "worker"], env, kill=True)
     url = f"http://127.0.0.1:{port}"

@@ -169,4 +169,5 @@ async def show_event_page(request: web.Request) -> Context | web.StreamResponse:
 
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(LIST_PATH, list_events)
-    router.add_get(LIST_PATH + "/{event_id}", show_event_page)
+    # Any segment, braces too (aiohttp's default pattern refuses them): an unknown id gets the console's 404.
+    router.add_get(LIST_PATH + "/{event_id:[^/]+}", show_event_page)
