@@ -121,7 +121,7 @@ def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
     console_link = output.wait_for("/console/login?once=").split(": ")[-1]
     output.wait_for("Ctrl-C stops everything")
     # The console link logs in once: a session cookie, the Overview; a second use is refused.
-    with httpx.Client() as browser:
+    with httpx.Client(follow_redirects=True) as browser:
         login = browser.get(console_link)
         assert login.status_code == 200 and login.url.path == "/console/", login.text
         assert "Queue" in login.text
