@@ -103,6 +103,8 @@ def test_an_operator_finds_an_event_reads_its_story_replays_pauses_and_resumes(
 
         # Find the event by the sender's id.
         page.goto(f"{url}/console/events")
+        expect(page.locator("#events tbody tr[data-event-id]")).to_have_count(3)
+        shoot("events")
         page.fill("input[name=source_event_id]", SENDER_ID)
         page.click("#event-filters button[type=submit]")
         rows = page.locator("#events tbody tr[data-event-id]")
@@ -110,7 +112,6 @@ def test_an_operator_finds_an_event_reads_its_story_replays_pauses_and_resumes(
         expect(rows.first).to_have_attribute("data-event-id", delivered)
         expect(rows.first.locator(".sender-id")).to_have_text(SENDER_ID)
         expect(rows.first.locator(".run-status")).to_have_text("callback: succeeded")
-        shoot("events")
 
         # Its story, as Redis holds it.
         rows.first.locator("a.event-link").click()
