@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -70,3 +71,30 @@ async def apoll(check: Callable[[], Awaitable[T | None]], timeout_s: float = 20.
             return value
         assert time.monotonic() < deadline, "condition not reached before the deadline"
         await asyncio.sleep(0.05)
+
+
+def row(page: str, attribute: str, name: str) -> str:
+    """The HTML of the table row marked ``attribute="name"``."""
+    match = re.search(rf'<tr {attribute}="{re.escape(html.escape(name))}">(.*?)</tr>', page, re.S)
+    assert match is not None, f"no row {attribute}={name}"
+    return match[1]
+
+
+def figure(fragment: str, name: str) -> int:
+    match = re.search(rf'data-{name}="(\d+)"', fragment)
+    assert match is not None, f"no figure {name}"
+    return int(match[1])
+
+
+async def get(client: Client, path: str, status: int = 200) -> str:
+    answer = await client.get(path)
+    text = await answer.text()
+    assert answer.status == status, text
+    return text
+
+
+async def post(client: Client, path: str, data: Any, status: int = 200) -> str:
+    answer = await client.post(path, data=data)
+    text = await answer.text()
+    assert answer.status == status, text
+    return text

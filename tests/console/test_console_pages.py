@@ -3,7 +3,6 @@ Redis, real `relay worker --burst`, real sandbox)."""
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Any
 
@@ -19,40 +18,13 @@ from relay.queue.gauges import read_queue_counts
 from relay.queue.jobs import relay_queue
 from relay.settings import Settings
 from tests.conftest import KNOWN_PHLO, Sandbox, drain_queue, watch_secrets
-from tests.console.support import Client, apoll, log_in, page_csrf, with_token
+from tests.console.support import Client, apoll, figure, get, log_in, page_csrf, post, row, with_token
 
 NO_PHONE = {"submission_id": "sub-9", "form": "callback-request", "name": "Grace"}
 CALLBACK = {"submission_id": "sub-1", "form": "callback-request", "phone": "+14155550123", "name": "Ada"}
 OTHER_FORM = {"submission_id": "sub-2", "form": "newsletter"}
 SIGNING_SECRET = "console-signing-secret-value-93f2"
 watch_secrets(SIGNING_SECRET)
-
-
-def row(page: str, attribute: str, name: str) -> str:
-    """The HTML of the table row marked ``attribute="name"``."""
-    match = re.search(rf'<tr {attribute}="{re.escape(html.escape(name))}">(.*?)</tr>', page, re.S)
-    assert match is not None, f"no row {attribute}={name}"
-    return match[1]
-
-
-def figure(fragment: str, name: str) -> int:
-    match = re.search(rf'data-{name}="(\d+)"', fragment)
-    assert match is not None, f"no figure {name}"
-    return int(match[1])
-
-
-async def get(client: Client, path: str, status: int = 200) -> str:
-    answer = await client.get(path)
-    text = await answer.text()
-    assert answer.status == status, text
-    return text
-
-
-async def post(client: Client, path: str, data: Any, status: int = 200) -> str:
-    answer = await client.post(path, data=data)
-    text = await answer.text()
-    assert answer.status == status, text
-    return text
 
 
 @pytest.fixture
