@@ -84,6 +84,8 @@ def _step(step: Step, run: RunOutcome) -> TimelineStep:
     elif kind is StepKind.ATTEMPT_FAILED and step.http_status is None and run.ambiguous:
         kind = StepKind.AMBIGUOUS
     detail = step.error or step.note
+    if step.note and step.error and step.error in step.note:  # a replay that still cannot map says so
+        detail = step.note
     if kind is StepKind.SUCCEEDED:
         detail = run.message
     return TimelineStep(

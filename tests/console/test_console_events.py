@@ -132,6 +132,10 @@ async def test_an_unmappable_run_shows_its_dead_letter_and_no_payload(
     assert "required payload key &#39;to&#39;" in page
     assert "no payload was built" in page
     assert 'href="/console/dead-letters?source=website-form&amp;route=callback"' in page
+    replay = f'href="/console/dead-letters/confirm?action=replay&amp;job_id={event_id}-callback"'
+    assert replay in page
+    confirm = await get(client, html.unescape(replay.removeprefix('href="').removesuffix('"')))
+    assert f'data-job-id="{event_id}-callback"' in confirm
 
 
 async def test_the_sender_id_and_type_are_masked_in_the_list_unless_revealed(

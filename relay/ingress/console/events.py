@@ -146,6 +146,10 @@ async def show_event_page(request: web.Request) -> Context | web.StreamResponse:
         view["dead_letter_link"] = with_reveal(
             "/console/dead-letters", {"source": event.source, "route": view["run"]["route"]}, False
         )
+        # The confirmation page of replaying this one letter (a GET that changes nothing).
+        view["replay_link"] = with_reveal(
+            "/console/dead-letters/confirm", {"action": "replay", "job_id": view["run"]["job_id"]}, False
+        )
     path = event_path(event.event_id)
     sender_id = event.source_event_id or ""
     # A link carrying the sender's id would show it unmasked in the address: only when revealed or harmless.
