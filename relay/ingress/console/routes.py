@@ -44,6 +44,20 @@ def _verification(scheme: Any) -> dict[str, Any]:
     return shown
 
 
+def _payload_value(value: Any) -> str:
+    """A payload value as an operator reads it: a literal as JSON, a path with its default and need."""
+    if isinstance(value, dict) and set(value) == {"value"}:
+        return json.dumps(value["value"])
+    if isinstance(value, dict) and "path" in value:
+        text = f"path {value['path']}"
+        if value.get("required"):
+            text += ", required"
+        if value.get("default") is not None:
+            text += f", default {json.dumps(value['default'])}"
+        return text
+    return json.dumps(value)
+
+
 def _locator(locator: Any) -> str:
     if locator is None:
         return ""
@@ -75,7 +89,7 @@ async def _page(request: web.Request, notice: Notice | None = None, status: int 
             "phlo_id": route.phlo_id,
             "account": route.account,
             "payload": {
-                key: json.dumps(value)
+                key: _payload_value(value)
                 for key, value in route.model_dump(mode="json", warnings=False)["payload"].items()
             },
             "pause": paused.get(("route", route.name)),
