@@ -37,10 +37,6 @@ DEFAULT_LIMIT = 200
 MAX_IDS = 1000
 
 
-class _Refused(Exception):
-    """What is wrong with a request's filter or selection, said on the page."""
-
-
 def _filter_fields(values: MultiMapping[Any]) -> dict[str, str]:
     fields = {}
     for name in FILTER_FIELDS:
@@ -58,14 +54,14 @@ def _filter(fields: Mapping[str, str]) -> DeadLetterFilter:
             f"{'.'.join(map(str, error['loc']))}: {error['msg'].removeprefix('Value error, ')}"
             for error in exc.errors(include_url=False, include_input=False)
         )
-        raise _Refused(f"invalid filter: {problems}") from None
+        raise ValueError(f"invalid filter: {problems}") from None
 
 
 def _limit(raw: str | None) -> int:
     if raw is None or not raw.strip():
         return DEFAULT_LIMIT
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or int(raw) < 1:
-        raise _Refused("limit must be a positive integer")
+        raise ValueError("limit must be a positive integer")
     return int(raw)
 
 
@@ -76,15 +72,15 @@ def _selection(
     (``scope=filter``) the filter's letters."""
     action = values.get("action") if action is None else action
     if action not in ACTIONS:
-        raise _Refused("choose replay or purge")
+        raise ValueError("choose replay or purge")
     if values.get("scope") == "filter":
         fields = _filter_fields(values)
         return str(action), _filter(fields), fields, []
     job_ids = [value for value in values.getall("job_id", []) if isinstance(value, str) and value]
     if not job_ids:
-        raise _Refused("no dead letter was selected: tick at least one, or act on the whole filter")
+        raise ValueError("no dead letter was selected: tick at least one, or act on the whole filter")
     if len(job_ids) > MAX_IDS:
-        raise _Refused(f"at most {MAX_IDS} dead letters at once: use the filter")
+        raise ValueError(f"at most {MAX_IDS} dead letters at once: use the filter")
     return str(action), job_ids, {}, job_ids
 
 
@@ -105,7 +101,7 @@ async def list_letters(request: web.Request) -> Context | web.StreamResponse:
     fields = _filter_fields(request.query)
     try:
         selected, limit = _filter(fields), _limit(request.query.get("limit"))
-    except _Refused as exc:
+    except ValueError as exc:
         context = {"letters": [], "fields": fields, "limit": DEFAULT_LIMIT, "error": str(exc)}
         return render(request, "deadletters.html", {"nav": "dead-letters", **context}, status=400)
     app = request.app
@@ -128,7 +124,7 @@ async def confirm(request: web.Request) -> Context | web.StreamResponse:
     values = await request.post() if request.method == "POST" else request.query
     try:
         action, target, fields, job_ids = _selection(values)
-    except _Refused as exc:
+    except ValueError as exc:
         return render(request, "deadletters_done.html", {"nav": "dead-letters", "error": str(exc)}, 400)
     app = request.app
     if isinstance(target, DeadLetterFilter):
@@ -144,7 +140,7 @@ async def _act(request: web.Request, action: str) -> Context | web.StreamRespons
     values = await request.post()
     try:
         _, target, fields, _ = _selection(values, action)
-    except _Refused as exc:
+    except ValueError as exc:
         return render(request, "deadletters_done.html", {"nav": "dead-letters", "error": str(exc)}, 400)
     app = request.app
     context: dict[str, Any] = {"action": action, "fields": fields, "error": None}
