@@ -18,11 +18,15 @@ REVEAL_PARAM = "reveal"
 
 
 def shown(value: Any, reveal: bool) -> Any:
-    """``value`` with every string in it (keys of mappings too) masked, unless ``reveal``."""
+    """``value`` with every string in it (keys of mappings too) masked, unless ``reveal``; an integer of 7
+    to 15 digits is masked as a phone number (shown as text)."""
     if reveal:
         return value
     if isinstance(value, str):
         return mask_pii(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 7 <= len(str(abs(value))) <= 15:
+        # A phone number sent as a JSON number: masked as the same digits with a plus would be.
+        return mask_pii(f"+{abs(value)}").removeprefix("+")
     if isinstance(value, dict):
         return {shown(key, False): shown(item, False) for key, item in value.items()}
     if isinstance(value, list | tuple):
