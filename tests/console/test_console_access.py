@@ -86,8 +86,14 @@ async def test_login_sets_a_strict_http_only_expiring_cookie(
 async def test_the_cookie_is_secure_behind_an_https_proxy(
     aiohttp_client: Any, settings: Settings, config: RelayConfig
 ) -> None:
-    behind = with_token(settings, trusted_proxies=[ip_network("127.0.0.1/32")])
+    # RELAY_PUBLIC_URL is the senders' URL: an operator on the operators' port in plain HTTP gets no
+    # Secure cookie (it would never come back), and the proxy's X-Forwarded-Proto decides.
+    behind = with_token(
+        settings, trusted_proxies=[ip_network("127.0.0.1/32")], public_url="https://hooks.example.com"
+    )
     client: Client = await aiohttp_client(create_app(behind, config))
+    plain = await client.get("/console/login", headers={"X-Forwarded-Proto": "http"})
+    assert not _cookie(plain, "relay_console_login")["secure"]
     form = await client.get("/console/login", headers={"X-Forwarded-Proto": "https"})
     login_cookie = _cookie(form, "relay_console_login")
     assert login_cookie["secure"] is True

@@ -127,9 +127,11 @@ def login_form(request: web.Request, status: int = 401, message: str = "") -> we
 
 
 def is_https(request: web.Request) -> bool:
-    """Whether the browser reached the relay over HTTPS (behind a trusted proxy too): cookies are Secure."""
-    settings = request.app[SETTINGS]
-    return public_url(request, settings.public_url, settings.trusted_proxies).startswith("https://")
+    """Whether the browser reached the relay over HTTPS (behind a trusted proxy too): cookies are Secure.
+
+    From the request, not RELAY_PUBLIC_URL: that is the senders' URL, while operators may come in over
+    the operators' port in plain HTTP (compose: 127.0.0.1:8081), where a Secure cookie would not return."""
+    return public_url(request, None, request.app[SETTINGS].trusted_proxies).startswith("https://")
 
 
 def csrf_refusal() -> web.Response:
