@@ -107,7 +107,10 @@ async def list_events(request: web.Request) -> Context | web.StreamResponse:
         query = parse_filters(params)
     except ValueError as exc:
         return render(request, "events.html", {**context, "problem": str(exc)}, status=400)
-    found: EventPage = await in_thread(request, search_events, request.app[REDIS], query)
+    try:
+        found: EventPage = await in_thread(request, search_events, request.app[REDIS], query)
+    except ValueError as exc:  # a cursor (``before``) the search cannot read
+        return render(request, "events.html", {**context, "problem": str(exc)}, status=400)
     context["rows"] = [_row(view, reveal) for view in found.events]
     filters = {name: params.get(name, "") for name in FILTERS}
     if found.next_before is not None:
