@@ -85,3 +85,8 @@ def stats_key(kind: str, minute: int | str) -> str:
 def last_error_key() -> str:
     """Hash of each route's last run error (route -> JSON {at, error}), for the console's Overview."""
     return f"{PREFIX}:stats:last-error"
+
+
+def console_login_failures_key(client: str) -> str:
+    """Counter of one client address's failed console logins in the current window (expiring with it)."""
+    return f"{PREFIX}:console:login-failures:{client}"

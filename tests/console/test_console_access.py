@@ -10,7 +10,12 @@ from redis import Redis
 
 from relay import keys
 from relay.ingress.app import create_app
-from relay.ingress.console.access import ONCE_TTL_S, issue_login_link_token
+from relay.ingress.console.access import (
+    LOGIN_FAILURE_WINDOW_S,
+    MAX_LOGIN_FAILURES,
+    ONCE_TTL_S,
+    issue_login_link_token,
+)
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings
 from tests.conftest import poll
@@ -213,3 +218,26 @@ async def test_every_console_answer_carries_the_security_headers(
         _assert_headers(await client.get(path))
     hook = await client.post("/hooks/nowhere", json={})
     assert "Content-Security-Policy" not in hook.headers  # the webhooks' answers are left as they were
+
+
+async def test_an_address_that_keeps_guessing_the_token_is_held_off(
+    aiohttp_client: Any, settings: Settings, config: RelayConfig, redis: Redis
+) -> None:
+    behind = with_token(settings, trusted_proxies=[ip_network("127.0.0.1/32")])
+    client: Client = await aiohttp_client(create_app(behind, config))
+
+    async def attempt(token: str, address: str) -> Any:
+        form = await client.get("/console/login")
+        data = {"token": token, "csrf_token": csrf_of(await form.text())}
+        return await client.post(
+            "/console/login", data=data, headers={"X-Forwarded-For": address}, allow_redirects=False
+        )
+
+    for _ in range(MAX_LOGIN_FAILURES):
+        assert (await attempt("guess", "203.0.113.9")).status == 401
+    held = await attempt(TOKEN, "203.0.113.9")  # even the right token, until the window ends
+    assert held.status == 429 and "Too many wrong tokens" in await held.text()
+    assert _cookie(held, "relay_console") is None
+    ttl_s = redis.ttl(keys.console_login_failures_key("203.0.113.9"))
+    assert 0 < ttl_s <= LOGIN_FAILURE_WINDOW_S
+    assert (await attempt(TOKEN, "198.51.100.7")).status == 303  # another address is not held

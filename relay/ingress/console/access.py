@@ -19,6 +19,10 @@ from relay.ingress.checks.request import sent
 
 SESSION_COOKIE = "relay_console"
 ONCE_TTL_S = 15 * 60  # a `relay dev` login link is good for one use within this
+# A client address with this many wrong tokens in the window is refused until the window ends: guessing
+# the token (the admin API's too) through the login form stays hopeless even for a short token.
+MAX_LOGIN_FAILURES = 10
+LOGIN_FAILURE_WINDOW_S = 15 * 60
 
 
 @dataclass(frozen=True)
@@ -92,3 +96,22 @@ def use_login_link_token(redis: Redis, token: str) -> bool:
 def csrf_matches(session: Session, given: str | None) -> bool:
     """Whether a form's CSRF token is its session's (constant time)."""
     return given is not None and hmac.compare_digest(sent(given), sent(session.csrf_token))
+
+
+def login_blocked_for_s(redis: Redis, client: str) -> int:
+    """How long ``client`` must wait before its next login attempt (0: it may try now)."""
+    key = keys.console_login_failures_key(client)
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.ttl(key)
+        failures, ttl_s = pipe.execute()
+    return max(1, int(ttl_s)) if failures is not None and int(failures) >= MAX_LOGIN_FAILURES else 0
+
+
+def note_login_failure(redis: Redis, client: str) -> None:
+    """Count a wrong token from ``client`` in its window (which starts at its first failure)."""
+    key = keys.console_login_failures_key(client)
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.set(key, 0, ex=LOGIN_FAILURE_WINDOW_S, nx=True)
+        pipe.incr(key)
+        pipe.execute()

@@ -13,6 +13,8 @@ from relay.ingress.console.access import (
     begin_session,
     end_session,
     is_admin_token,
+    login_blocked_for_s,
+    note_login_failure,
     use_login_link_token,
 )
 from relay.ingress.console.render import (
@@ -24,6 +26,7 @@ from relay.ingress.console.render import (
     login_form,
     page,
 )
+from relay.ingress.origin import client_ip
 from relay.ingress.state import REDIS, SETTINGS, in_thread
 
 log = logging.getLogger(__name__)
@@ -65,9 +68,16 @@ async def log_in(request: web.Request) -> web.Response:
     if not (isinstance(given_csrf, str) and cookie and hmac.compare_digest(sent(given_csrf), sent(cookie))):
         log.warning("console login refused: bad CSRF token from %s", request.remote)
         return csrf_refusal()
+    redis, client = request.app[REDIS], client_ip(request, request.app[SETTINGS].trusted_proxies) or "?"
+    wait_s = await in_thread(request, login_blocked_for_s, redis, client)
+    if wait_s:
+        log.warning("console login refused: too many wrong tokens from %s", client)
+        message = f"Too many wrong tokens from your address: try again in {wait_s // 60 + 1} min."
+        return login_form(request, status=429, message=message)
     token = form.get("token")
     if not isinstance(token, str) or not is_admin_token(token, request.app[ADMIN_DIGEST]):
-        log.warning("console login refused: wrong admin token from %s", request.remote)
+        log.warning("console login refused: wrong admin token from %s", client)
+        await in_thread(request, note_login_failure, redis, client)
         return login_form(request, message="That is not the admin token (RELAY_ADMIN_TOKEN).")
     log.info("console: logged in from %s", request.remote)
     return await _logged_in(request)
