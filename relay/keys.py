@@ -69,3 +69,30 @@ def cap_key(kind: str, name: str, recipient_hash: str) -> str:
     """Sorted set of the runs one route's or account's frequency cap counted for one recipient (its SHA-256),
     member ``<event id> <job id>``, score: when counted (epoch ms)."""
     return f"{PREFIX}:cap:{kind}:{name}:{recipient_hash}"
+
+
+def console_session_key(session_digest: str) -> str:
+    """Hash of one console session (its CSRF token, when it began), expiring with it. Named by the SHA-256
+    of the cookie's value, so that Redis never holds the credential itself."""
+    return f"{PREFIX}:console:session:{session_digest}"
+
+
+def console_once_key(token_digest: str) -> str:
+    """String marking a one-time console login link (``relay dev``) as unused, expiring soon; by digest."""
+    return f"{PREFIX}:console:once:{token_digest}"
+
+
+def stats_key(kind: str, minute: int | str) -> str:
+    """Hash of one minute's counts for the console (``kind``: events or runs; ``minute``: epoch s // 60);
+    fields like ``<source>|accepted`` or ``<route>|succeeded``, incremented, expiring after a day."""
+    return f"{PREFIX}:stats:{kind}:{minute}"
+
+
+def last_error_key() -> str:
+    """Hash of each route's last run error (route -> JSON {at, error}), for the console's Overview."""
+    return f"{PREFIX}:stats:last-error"
+
+
+def console_login_failures_key(client: str) -> str:
+    """Counter of one client address's failed console logins in the current window (expiring with it)."""
+    return f"{PREFIX}:console:login-failures:{client}"

@@ -170,6 +170,9 @@ class Settings(RedisSettings):
     worker_metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Port where `relay worker` serves /metrics; unset: none."
     )
+    console_session_ttl_s: int = Field(
+        default=8 * 3600, ge=1, description="How long a login to the console at /console/ lasts."
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["json", "text"] = Field(
         default="json", description="`json`: one object per line; `text`: readable (relay dev's default)."

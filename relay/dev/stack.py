@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import signal
 import sys
@@ -25,6 +26,7 @@ from relay.errors import ConfigError, RelayError
 from relay.infra.redis_client import connect, describe_redis
 from relay.infra.serving import start_site
 from relay.ingress.app import create_app
+from relay.ingress.console.access import ONCE_TTL_S, issue_login_link_token
 from relay.ingress.reload import reload_config
 from relay.mapping.config import RelayConfig, load_config
 from relay.queue.jobs import relay_queue
@@ -64,7 +66,7 @@ def wait_for_worker(settings: Settings, pid: int, cancelled: threading.Event | N
         redis.close()
 
 
-def _banner(settings: Settings, config: RelayConfig, with_sandbox: bool) -> str:
+def _banner(settings: Settings, config: RelayConfig, with_sandbox: bool, console_link: str) -> str:
     base_url = f"http://{settings.host}:{settings.port}"
     lines = [
         "",
@@ -72,11 +74,33 @@ def _banner(settings: Settings, config: RelayConfig, with_sandbox: bool) -> str:
         "Send a sample event:",
         *(f"  {curl}" for curl in sample_curls(config, settings.config_path, base_url)),
         f"Then see its outcome: curl -sS {base_url}/events/<event_id>",
+        f"The console (this link logs you in once, within {ONCE_TTL_S // 60} min): {base_url}{console_link}",
     ]
     if with_sandbox:
         lines.append(f"Runs the sandbox received: curl -sS {settings.runner_url}/_sandbox/runs")
     lines.append("Ctrl-C stops everything.")
     return "\n".join(lines)
+
+
+def console_login_link(settings: Settings) -> str:
+    """The path of a one-time console login (``/console/login?once=...``), stored in Redis."""
+    redis = connect(settings)
+    try:
+        return f"/console/login?once={issue_login_link_token(redis)}"
+    finally:
+        redis.close()
+
+
+def with_admin_token(settings: Settings) -> Settings:
+    """``settings`` with an admin token: a random one for this session when RELAY_ADMIN_TOKEN is not set."""
+    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
+        return settings
+    print(
+        "RELAY_ADMIN_TOKEN is not set: a random admin token was made for this session (not shown; "
+        "the console link below logs you in).",
+        flush=True,
+    )
+    return settings.model_copy(update={"admin_token": SecretStr(secrets.token_urlsafe(32))})
 
 
 def _file_bytes(path: Path) -> bytes | None:
@@ -143,7 +167,8 @@ async def _serve(settings: Settings, config: RelayConfig, sandbox_port: int | No
         finally:
             cancelled.set()
         if not stop.is_set() and worker.returncode is None:
-            print(_banner(settings, config, with_sandbox=sandbox_port is not None), flush=True)
+            link = await asyncio.to_thread(console_login_link, settings)
+            print(_banner(settings, config, sandbox_port is not None, link), flush=True)
             running = worker
 
             async def reload() -> None:
@@ -183,6 +208,7 @@ def run_dev(settings: Settings, data_dir: Path, sandbox_port: int) -> int:
             }
         )
     config = load_config(settings.config_path, settings.account_names())
+    settings = with_admin_token(settings)
     with EmbeddedRedis(data_dir / "redis") as redis_server:
         settings = settings.model_copy(update={"redis_url": redis_server.url})
         asyncio.run(_serve(settings, config, sandbox_port if use_sandbox else None))

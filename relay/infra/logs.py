@@ -75,6 +75,11 @@ def bind(**fields: str | None) -> Iterator[None]:
         _context.reset(token)
 
 
+def bound(field: str) -> str | None:
+    """A context field bound (``bind``) in this task or thread, or None."""
+    return _context.get().get(field)
+
+
 def request_id_from(header: str | None) -> str:
     """A request's id: the ``X-Request-Id`` it came with when that is a sane short token, else a new one."""
     if header is not None and _REQUEST_ID.match(header):

@@ -20,6 +20,7 @@ from redis.backoff import NoBackoff
 from relay.infra.metrics import RelayMetrics
 from relay.infra.redis_client import connect, connect_async
 from relay.ingress.admin import add_admin_routes
+from relay.ingress.console import add_console_routes
 from relay.ingress.health import add_health_routes
 from relay.ingress.hooks import receive_hook, show_event
 from relay.ingress.middleware import middleware
@@ -31,11 +32,13 @@ from relay.ingress.state import (
     READINESS,
     REDIS,
     SETTINGS,
+    STATS,
     STORE,
     ConfigSlot,
     Readiness,
 )
 from relay.mapping.config import RelayConfig
+from relay.queue.stats import EventCounter
 from relay.queue.store import EventStore
 from relay.settings import Settings, secret_environment
 
@@ -81,8 +84,10 @@ def create_app(
             retry=Retry(NoBackoff(), retries=1),
         )
         app[STORE] = EventStore(async_redis, app[REDIS], settings)
+        app[STATS] = EventCounter(async_redis)
         yield
         await app[STORE].close()
+        await app[STATS].close()
         await async_redis.aclose()
         app[EXECUTOR].shutdown(wait=True)
         app[REDIS].close()
@@ -91,5 +96,6 @@ def create_app(
     app.router.add_post(r"/hooks/{source}", receive_hook)
     app.router.add_get(r"/events/{event_id}", show_event)
     add_admin_routes(app, settings)
+    add_console_routes(app, settings)
     add_health_routes(app)
     return app

@@ -16,11 +16,12 @@ from typing import Any
 from aiohttp import web
 
 from relay.errors import BodyTooLarge, RequestTimeout, UnknownSource
+from relay.infra.logs import bound
 from relay.infra.metrics import DeadLetterReason
 from relay.ingress.answers import described, error_response, json_response
 from relay.ingress.checks.request import HookRequest
 from relay.ingress.origin import client_ip, public_url
-from relay.ingress.state import CONFIG, METRICS, REDIS, SETTINGS, STORE, in_thread
+from relay.ingress.state import CONFIG, METRICS, REDIS, SETTINGS, STATS, STORE, in_thread
 from relay.mapping.routes import map_event
 from relay.mapping.sources import Source
 from relay.mapping.split import is_ping, read_events
@@ -105,17 +106,22 @@ async def receive_hook(request: web.Request) -> web.Response:
     incoming = [event for event in read_events(source, request.headers, body) if not is_ping(source, event)]
     if not incoming:
         request.app[METRICS].events_received.labels(source_name, "ping", "").inc()
+        request.app[STATS].count(source_name, "ping")
         return json_response({"status": "ping", "message": "verified; nothing to run"})
     events = [(event, map_event(config, source_name, event.event_type, event.document)) for event in incoming]
     window_s = settings.dedupe_window_s if source.dedupe_window_s is None else source.dedupe_window_s
-    stored = await request.app[STORE].store(source_name, events, window_s, live.version.hash)
+    stored = await request.app[STORE].store(
+        source_name, events, window_s, live.version.hash, request_id=bound("request_id")
+    )
     metrics = request.app[METRICS]
     for event in stored:
         metrics.events_received.labels(source_name, event.record.status.value, "").inc()
+        request.app[STATS].count(source_name, event.record.status.value)
         for run in event.runs:
             metrics.runs_enqueued.labels(run.route).inc()
         for run in event.dead_letters:
             metrics.dead_letters.labels(run.route, DeadLetterReason.UNMAPPABLE).inc()
+            request.app[STATS].count_dead_letter(run.route, run.last_error)
         log.info(
             "event %s from %s: %s, %d run(s) queued, %d dead-lettered",
             event.record.event_id,

@@ -17,7 +17,7 @@ from relay.errors import IngressRefused, RedisUnavailable
 from relay.infra.logs import REQUEST_ID_HEADER, bind, request_id_from
 from relay.infra.metrics import UNKNOWN_SOURCE
 from relay.ingress.answers import REFUSAL, described, error_response
-from relay.ingress.state import CONFIG, METRICS, READINESS
+from relay.ingress.state import CONFIG, METRICS, READINESS, STATS
 
 # The logger's name is a field of every log line (README: Logs) that operators' queries select on; it is
 # the name the ingress's lines had before this module was split out of ``relay.ingress.app``.
@@ -56,6 +56,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         refusal = response.get(REFUSAL)
         if refusal is not None:
             metrics.events_received.labels(source, "refused", refusal).inc()
+            request.app[STATS].count(source, f"refused:{refusal}")
         metrics.ingress_latency.labels(source).observe(time.perf_counter() - started)
     return response
 

@@ -21,6 +21,7 @@ from relay.infra.metrics import RelayMetrics
 from relay.ingress.verify import SourceVerifier
 from relay.mapping.config import RelayConfig
 from relay.mapping.version import ConfigVersion
+from relay.queue.stats import EventCounter
 from relay.queue.store import EventStore
 from relay.settings import Settings
 
@@ -65,6 +66,7 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 STORE = web.AppKey("store", EventStore)
 METRICS = web.AppKey("metrics", RelayMetrics)
 READINESS = web.AppKey("readiness", Readiness)
+STATS = web.AppKey("stats", EventCounter)  # the console's counts of events
 
 
 async def in_thread(request: web.Request, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:

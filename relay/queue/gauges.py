@@ -11,6 +11,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -168,3 +169,38 @@ def _queued_age_s(redis: Redis, head: bytes | None, now: float) -> float:
     if not enqueued:
         return 0.0
     return max(0.0, now - str_to_date(enqueued).timestamp())
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """The queue's state as the console's Overview shows it (the figures of the gauges above)."""
+
+    queued: int
+    oldest_queued_age_s: float
+    running: int
+    scheduled: int
+    dead_lettered: int
+    held: int
+    workers: int
+
+
+def read_queue_counts(redis: Redis, settings: Settings) -> QueueCounts:
+    """The queue's depth, its head's age, runs in flight, scheduled retries, dead letters and held runs."""
+    queue = relay_queue(redis, settings)
+    now = time.time()
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.llen(queue.key)
+        pipe.lindex(queue.key, 0)
+        pipe.zcount(StartedJobRegistry(queue=queue).key, now, "+inf")
+        pipe.zcard(ScheduledJobRegistry(queue=queue).key)  # type: ignore[no-untyped-call]
+        pipe.zcount(FailedJobRegistry(queue=queue).key, now, "+inf")
+        queued, head, running, scheduled, dead = pipe.execute()
+    return QueueCounts(
+        queued=queued,
+        oldest_queued_age_s=_queued_age_s(redis, head, now),
+        running=running,
+        scheduled=scheduled,
+        dead_lettered=dead,
+        held=sum(each.held for each in list_paused(redis)),
+        workers=len(get_keys(queue=queue)),
+    )

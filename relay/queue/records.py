@@ -79,6 +79,7 @@ class EventRecord(BaseModel):
     status: EventStatus
     routes: list[str]
     config_version: str | None = None  # the hash of the config that mapped it (absent in older records)
+    request_id: str | None = None  # the request that brought it (X-Request-Id; absent in older records)
 
 
 class RunOutcome(BaseModel):

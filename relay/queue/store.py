@@ -96,7 +96,12 @@ def _first_outcome(
 
 
 def _plan(
-    source: str, incoming: IncomingEvent, mapped: MappedEvent, now: float, config_version: str | None
+    source: str,
+    incoming: IncomingEvent,
+    mapped: MappedEvent,
+    now: float,
+    config_version: str | None,
+    request_id: str | None = None,
 ) -> StoredEvent:
     routes = [run.route for run in mapped.runs] + [failure.route for failure in mapped.failures]
     record = EventRecord(
@@ -108,6 +113,7 @@ def _plan(
         status=EventStatus.IGNORED if mapped.ignored else EventStatus.ACCEPTED,
         routes=routes,
         config_version=config_version,
+        request_id=request_id,
     )
     runs = [_first_outcome(record, run, RunStatus.QUEUED) for run in mapped.runs]
     dead_letters = [
@@ -181,16 +187,19 @@ class EventStore:
         events: list[tuple[IncomingEvent, MappedEvent]],
         dedupe_window_s: int,
         config_version: str | None = None,
+        request_id: str | None = None,
     ) -> list[StoredEvent]:
-        """Store one request's events, mapped with config ``config_version``; answer once they are in Redis
-        (duplicates: the first event's id).
+        """Store one request's events, mapped with config ``config_version``, received in the request
+        ``request_id``; answer once they are in Redis (duplicates: the first event's id).
 
         Raises RedisUnavailable when Redis did not answer for the batch: nothing of the request was stored,
         unless the connection broke after Redis ran the script (a retry of the sender is then a duplicate).
         """
         now = time.time()
         stamp = _rq_time(now)
-        planned = [_plan(source, incoming, mapped, now, config_version) for incoming, mapped in events]
+        planned = [
+            _plan(source, incoming, mapped, now, config_version, request_id) for incoming, mapped in events
+        ]
         encoded = []
         pipe = self._recorder.pipeline(transaction=False)
         for (incoming, mapped), plan in zip(events, planned, strict=True):

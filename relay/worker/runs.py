@@ -21,7 +21,7 @@ from rq.job import Job
 
 from relay.errors import DeliveryPaused
 from relay.infra.metrics import DeadLetterReason, RelayMetrics
-from relay.queue import records
+from relay.queue import records, stats
 from relay.queue.pause import Scope
 from relay.queue.records import Collision, RunOutcome, RunStatus, Step
 from relay.queue.retry import GiveUp, RetryPolicy, next_attempt
@@ -41,6 +41,12 @@ _RUNS_OUTCOME = {
     RunStatus.HELD: "held",
     RunStatus.EXPIRED: "expired",
     RunStatus.SUPPRESSED: "suppressed",
+}
+# The console's counts (relay.queue.stats) of each transition that ends an attempt.
+_STATS_OUTCOME = {
+    RunStatus.FAILED: "failed",
+    RunStatus.DEAD_LETTERED: "dead_lettered",
+    RunStatus.SUCCEEDED: "succeeded",
 }
 
 
@@ -217,7 +223,15 @@ class RunKeeper:
             self.run = records.read_run(self.redis, self.event_id, self.run.job_id) or self.run
             changes["ambiguous"] = True
         self.metrics.runs.labels(self.run.route, _RUNS_OUTCOME[step.status]).inc()
-        self._save(step, pipe, status=step.status, **changes)
+        counted = _STATS_OUTCOME.get(step.status)
+        if counted is None:
+            self._save(step, pipe, status=step.status, **changes)
+        else:  # with the console's count, in the same round trip
+            own = pipe if pipe is not None else self.redis.pipeline(transaction=True)
+            self._save(step, own, status=step.status, **changes)
+            stats.count_run(own, self.run.route, counted, step.at, step.error)
+            if pipe is None:
+                own.execute()
         fields = {"attempt": step.attempt, "retry_in_s": step.retry_in_s}
         extra = {
             "outcome": step.status.value,

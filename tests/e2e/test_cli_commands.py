@@ -114,10 +114,18 @@ def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
     dev: tuple[subprocess.Popen[str], Lines, int, int],
 ) -> None:
     process, output, port, sandbox_port = dev
+    output.wait_for("RELAY_ADMIN_TOKEN is not set: a random admin token was made for this session")
     up = output.wait_for("phlo-relay is up")
     redis_url = up.split("(Redis ")[1].split(",")[0]
     curl = output.wait_for("/hooks/website-form")
+    console_link = output.wait_for("/console/login?once=").split(": ")[-1]
     output.wait_for("Ctrl-C stops everything")
+    # The console link logs in once: a session cookie, the Overview; a second use is refused.
+    with httpx.Client(follow_redirects=True) as browser:
+        login = browser.get(console_link)
+        assert login.status_code == 200 and login.url.path == "/console/", login.text
+        assert "Queue" in login.text
+    assert httpx.get(console_link).status_code == 401
 
     sent_at = time.monotonic()
     response = send_curl(curl)

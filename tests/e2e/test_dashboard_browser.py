@@ -5,16 +5,11 @@ Real parts only: the test Redis, a ``relay serve`` and a ``relay worker`` proces
 by Playwright. Every assertion reads what the browser rendered, not rq-dashboard's JSON.
 
 Screenshots go to the test's tmp dir, and also to ``RELAY_SCREENSHOT_DIR`` when it is set
-(``python docs/screenshots.py`` refreshes docs/img/ that way).
+(``python docs/screenshots.py`` refreshes docs/img/ that way; ``tests.e2e.browser``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,53 +24,12 @@ from rq.registry import BaseRegistry
 
 from relay.dev.redis_server import free_port
 from relay.settings import Settings
-from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, answers, clean_environment, missing, poll
+from tests.conftest import KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, answers, clean_environment, poll
+from tests.e2e.browser import CHROMIUM_ARGS, PNG_MAGIC, Processes, chromium_path, screenshot_dirs
 from tests.e2e.deployment_files import dashboard_arguments
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 FORM = {"form": "callback-request", "name": "Ada", "phone": "+14155550123", "company_size": "1-10"}
 SLOW_RUN_MS = 60_000  # the running run's request: longer than the test, shorter than its timeouts
-
-
-def chromium_path() -> str:
-    """Debian's Chromium; skipped without it, unless RELAY_REQUIRE_BROWSER=1 (CI) makes that a failure."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        missing("no chromium on PATH (apt-get install chromium)", switch="RELAY_REQUIRE_BROWSER")
-    return path
-
-
-class Processes:
-    """The test's child processes, stopped at its end however it ends, the last started first."""
-
-    def __init__(self) -> None:
-        self.started: list[tuple[subprocess.Popen[bytes], bool]] = []
-
-    def start(self, args: list[str], env: dict[str, str], *, kill: bool = False) -> None:
-        # A session of its own: a killed worker's RQ scheduler (its fork) is killed with it, instead of
-        # living on and writing its lock into the next tests' Redis.
-        popen = subprocess.Popen(
-            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        self.started.append((popen, kill))
-
-    def stop(self) -> None:
-        for popen, kill in reversed(self.started):
-            if kill:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(popen.pid, signal.SIGKILL)
-            else:
-                popen.terminate()
-            popen.wait(timeout=30)
 
 
 @pytest.fixture
@@ -150,9 +104,7 @@ def test_rq_dashboard_shows_queued_running_scheduled_and_dead_lettered_runs(
     def job(answer: dict[str, Any], source: str = "website-form") -> str:
         return description(source, "callback", KNOWN_PHLO, answer["event_id"])
 
-    screenshots = [tmp_path]
-    if os.environ.get("RELAY_SCREENSHOT_DIR"):
-        screenshots.append(Path(os.environ["RELAY_SCREENSHOT_DIR"]))
+    screenshots = screenshot_dirs(tmp_path)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -160,9 +112,8 @@ def test_rq_dashboard_shows_queued_running_scheduled_and_dead_lettered_runs(
 
         def shoot(name: str) -> None:
             for directory in screenshots:
-                directory.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=directory / f"rq-dashboard-{name}.png", full_page=True)
-            assert (tmp_path / f"rq-dashboard-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert (tmp_path / f"rq-dashboard-{name}.png").read_bytes()[:8] == PNG_MAGIC
 
         page.goto(f"{dashboard_url}/")
         row = page.locator("tr[data-role=queue]", has_text=settings.queue_name)
