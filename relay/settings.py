@@ -140,7 +140,9 @@ class Settings(RedisSettings):
         "delivers up to N / L runs/s.",
     )
     admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token of the admin API (dead letters); unset: the API is off."
+        default=None,
+        description="Bearer token of the admin API, `GET /events/{id}` and `/metrics`; unset: they answer "
+        "404 (`/metrics`: unless RELAY_METRICS_PUBLIC).",
     )
     outcome_ttl_s: int = Field(default=30 * 86400, ge=60, description="How long event outcomes are kept.")
     finished_job_ttl_s: int = Field(
@@ -168,6 +170,11 @@ class Settings(RedisSettings):
     )
     worker_metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Port where `relay worker` serves /metrics; unset: none."
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics (ingress and worker) without the admin token, for a private network; "
+        "false: /metrics takes the admin token as a bearer, and answers 404 without RELAY_ADMIN_TOKEN.",
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["json", "text"] = Field(
