@@ -34,6 +34,7 @@ from relay.mapping.config import load_config
 from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
 from relay.settings import Settings, load_settings
 from tests.conftest import (
+    SUITE_ADMIN_TOKEN,
     Sandbox,
     assert_sdk_request,
     clean_environment,
@@ -611,6 +612,7 @@ async def start_relay(
         trusted_proxies=["127.0.0.1/32", "::1/128"],
         retry_base_delay_s=0,
         runner_read_timeout_s=2.0,
+        admin_token=SUITE_ADMIN_TOKEN,  # GET /events/{id} shows what became of a sample
     )
     config = load_config(settings.config_path)
     client = await aiohttp_client(create_app(settings, config, environ=SECRETS[example.source]))
