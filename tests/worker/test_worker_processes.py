@@ -305,7 +305,7 @@ async def test_a_dead_lettered_run_is_not_sent_again_when_rq_runs_its_job_again(
     aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
 ) -> None:
     # The same crash, after a run was given up: it stays a dead letter, and the runner is not asked again.
-    client = await aiohttp_client(create_app(settings, config))
+    client = await aiohttp_client(create_app(with_admin_token(settings), config))
     response = await client.post("/hooks/misrouted", json={"id": f"m-{uuid.uuid4().hex}"})
     event_ids = [(await response.json())["event_id"]]
     drain_queue(settings)
