@@ -141,7 +141,9 @@ class Settings(RedisSettings):
         "delivers up to N / L runs/s.",
     )
     admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token of the admin API (dead letters); unset: the API is off."
+        default=None,
+        description="Bearer token of the admin API, `GET /events/{id}` and `/metrics`; unset: they answer "
+        "404 (`/metrics`: unless RELAY_METRICS_PUBLIC).",
     )
     outcome_ttl_s: int = Field(default=30 * 86400, ge=60, description="How long event outcomes are kept.")
     finished_job_ttl_s: int = Field(
@@ -172,6 +174,11 @@ class Settings(RedisSettings):
     )
     console_session_ttl_s: int = Field(
         default=8 * 3600, ge=1, description="How long a login to the console at /console/ lasts."
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics (ingress and worker) without the admin token, for a private network; "
+        "false: /metrics takes the admin token as a bearer, and answers 404 without RELAY_ADMIN_TOKEN.",
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["json", "text"] = Field(

@@ -26,6 +26,7 @@ import pytest
 from aiohttp import ClientSession, TraceConfig, TraceResponseChunkReceivedParams, web
 from aiohttp.test_utils import TestServer
 from hypothesis import settings as hypothesis_settings
+from pydantic import SecretStr
 from pytest_aiohttp import AiohttpClient
 from redis import Redis
 
@@ -362,3 +363,15 @@ def answers(url: str) -> int | None:
         return httpx.get(url).status_code
     except httpx.ConnectError:
         return None
+
+
+# -- the admin token: /events/..., /metrics and /admin/... answer only with it ----------------------------
+
+SUITE_ADMIN_TOKEN = "admin-token-of-the-test-suite-51d2"
+ADMIN_HEADERS = {"Authorization": f"Bearer {SUITE_ADMIN_TOKEN}"}
+watch_secrets(SUITE_ADMIN_TOKEN)
+
+
+def with_admin_token(settings: Settings) -> Settings:
+    """``settings`` with RELAY_ADMIN_TOKEN set: send ADMIN_HEADERS to read /events/... and /metrics."""
+    return settings.model_copy(update={"admin_token": SecretStr(SUITE_ADMIN_TOKEN)})

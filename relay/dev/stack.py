@@ -66,6 +66,13 @@ def wait_for_worker(settings: Settings, pid: int, cancelled: threading.Event | N
         redis.close()
 
 
+def _outcome_command(settings: Settings, base_url: str) -> str:
+    """How to read an event's outcome: ``GET /events/{id}`` takes the admin token (named, never shown)."""
+    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
+        return f'curl -sS -H "Authorization: Bearer $RELAY_ADMIN_TOKEN" {base_url}/events/<event_id>'
+    return f"RELAY_REDIS_URL={describe_redis(settings)} relay events show <event_id>"
+
+
 def _banner(settings: Settings, config: RelayConfig, with_sandbox: bool, console_link: str) -> str:
     base_url = f"http://{settings.host}:{settings.port}"
     lines = [
@@ -73,7 +80,7 @@ def _banner(settings: Settings, config: RelayConfig, with_sandbox: bool, console
         f"phlo-relay is up: {base_url}  (Redis {describe_redis(settings)}, runner {settings.runner_url})",
         "Send a sample event:",
         *(f"  {curl}" for curl in sample_curls(config, settings.config_path, base_url)),
-        f"Then see its outcome: curl -sS {base_url}/events/<event_id>",
+        f"Then see its outcome: {_outcome_command(settings, base_url)}",
         f"The console (this link logs you in once, within {ONCE_TTL_S // 60} min): {base_url}{console_link}",
     ]
     if with_sandbox:

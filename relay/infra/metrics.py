@@ -29,6 +29,8 @@ WORKERS = "relay_workers"
 BREAKER_STATE = "relay_circuit_breaker_state"
 REDIS_UP = "relay_redis_up"
 RUNS_HELD = "relay_runs_held"
+REDIS_MEMORY_USED = "relay_redis_memory_used_bytes"
+REDIS_MEMORY_MAX = "relay_redis_memory_max_bytes"
 
 
 class DeadLetterReason(StrEnum):
@@ -257,5 +259,7 @@ METRIC_NAMES = frozenset(
         REDIS_UP,
         RUNS_HELD,
         "relay_runs_suppressed_total",
+        REDIS_MEMORY_USED,
+        REDIS_MEMORY_MAX,
     }
 )

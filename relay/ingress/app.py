@@ -17,10 +17,12 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from relay.infra.access import AdminToken
 from relay.infra.metrics import RelayMetrics
 from relay.infra.redis_client import connect, connect_async
 from relay.ingress.admin import add_admin_routes
 from relay.ingress.console import add_console_routes
+from relay.ingress.guard import guarded
 from relay.ingress.health import add_health_routes
 from relay.ingress.hooks import receive_hook, show_event
 from relay.ingress.middleware import middleware
@@ -94,7 +96,11 @@ def create_app(
 
     app.cleanup_ctx.append(connections)
     app.router.add_post(r"/hooks/{source}", receive_hook)
-    app.router.add_get(r"/events/{event_id}", show_event)
+    # What became of an event shows its source, routes and outcomes: behind the admin token, like the
+    # admin API, and not served at all without one.
+    admin_token = AdminToken(settings.admin_token)
+    if admin_token.configured:
+        app.router.add_get(r"/events/{event_id}", guarded(show_event, admin_token, "/events/..."))
     add_admin_routes(app, settings)
     add_console_routes(app, settings)
     add_health_routes(app)

@@ -1,5 +1,8 @@
 """What load balancers and Prometheus ask the ingress: ``/healthz``, ``/readyz`` and ``/metrics``.
 
+The probes answer anyone. ``/metrics`` takes the admin token as a bearer, answers anyone with
+``RELAY_METRICS_PUBLIC=true``, and is not served (404) with neither (``relay.infra.access``).
+
 ``/healthz`` answers while the process runs. ``/readyz`` answers 200 only while the ingress can take
 webhooks: its config is loaded (the answer names its version) and Redis answers; after SIGTERM it answers
 503 ``draining`` so that the load balancer stops sending before the ingress closes its port
@@ -14,7 +17,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
+from relay.infra.access import Access, AdminToken, metrics_access
 from relay.ingress.answers import json_response
+from relay.ingress.guard import guarded
 from relay.ingress.state import CONFIG, METRICS, READINESS, REDIS, SETTINGS, STORE, in_thread
 from relay.queue.gauges import scrape_registry
 
@@ -53,8 +58,13 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_health_routes(app: web.Application) -> None:
-    """Register the probes and the metrics endpoint."""
-    app[SCRAPE] = scrape_registry(app[METRICS], lambda: app[REDIS], app[SETTINGS])
+    """Register the probes, and the metrics endpoint as RELAY_METRICS_PUBLIC and RELAY_ADMIN_TOKEN say."""
+    settings = app[SETTINGS]
+    app[SCRAPE] = scrape_registry(app[METRICS], lambda: app[REDIS], settings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    access = metrics_access(settings)
+    if access is Access.OPEN:
+        app.router.add_get("/metrics", metrics)
+    elif access is Access.BEARER:
+        app.router.add_get("/metrics", guarded(metrics, AdminToken(settings.admin_token), "/metrics"))

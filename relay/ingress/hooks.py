@@ -141,7 +141,8 @@ async def receive_hook(request: web.Request) -> web.Response:
 
 
 async def show_event(request: web.Request) -> web.Response:
-    """``GET /events/{event_id}``: the event and the outcome of each of its runs."""
+    """``GET /events/{event_id}``: the event and the outcome of each of its runs (the app serves it behind
+    the admin token only)."""
     event_id = request.match_info["event_id"]
     view = await in_thread(request, records.read_event, request.app[REDIS], event_id)
     if view is None:

@@ -1,4 +1,5 @@
-"""The queue's state read from Redis at scrape time: depths, ages, workers and circuit breakers.
+"""The queue's state read from Redis at scrape time: depths, ages, workers, circuit breakers, and Redis's
+memory (used and ``maxmemory``: with ``noeviction`` a full Redis refuses every webhook).
 
 These figures belong to the deployment, not to a process, so every scraped process reports the same values.
 rq-exporter would read them, but it does not support RQ 3; the few reads are written here instead.
@@ -19,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.utils import str_to_date
@@ -29,6 +30,8 @@ from relay.infra.metrics import (
     BREAKER_STATE,
     QUEUE_OLDEST_AGE,
     QUEUE_RUNS,
+    REDIS_MEMORY_MAX,
+    REDIS_MEMORY_USED,
     REDIS_UP,
     RUNS_HELD,
     WORKERS,
@@ -160,6 +163,24 @@ class QueueStateCollector(Collector):
         for each in list_paused(redis):
             held.add_metric([each.kind, each.name], each.held)
         yield held
+        yield from _memory(redis)
+
+
+def _memory(redis: Redis) -> Iterator[GaugeMetricFamily]:
+    """Redis's ``used_memory`` and ``maxmemory`` (0: no limit) from INFO memory."""
+    try:
+        info = redis.info("memory")
+    except ResponseError:  # INFO renamed or refused (some managed Redis): leave the gauges out
+        log.debug("INFO memory refused; no Redis memory gauges")
+        return
+    used = GaugeMetricFamily(REDIS_MEMORY_USED, "Memory Redis has allocated (INFO memory used_memory).")
+    used.add_metric([], float(info["used_memory"]))
+    yield used
+    limit = GaugeMetricFamily(
+        REDIS_MEMORY_MAX, "Redis's maxmemory (INFO memory maxmemory); 0: no limit is set."
+    )
+    limit.add_metric([], float(info.get("maxmemory", 0)))
+    yield limit
 
 
 def _queued_age_s(redis: Redis, head: bytes | None, now: float) -> float:

@@ -13,13 +13,14 @@ import logging
 import signal
 import threading
 from functools import partial
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import start_http_server
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
 
 from relay.infra.metrics import RelayMetrics
+from relay.infra.metrics_http import start_metrics_server
 from relay.infra.redis_client import connect
 from relay.infra.supervisor import Child, supervise
 from relay.queue.gauges import scrape_registry
@@ -62,13 +63,15 @@ def work(settings: Settings, *, burst: bool = False, context: WorkerContext | No
         context.close()
 
 
-def serve_metrics(settings: Settings, metrics: RelayMetrics | None = None) -> None:
-    """Serve ``/metrics`` on ``RELAY_WORKER_METRICS_PORT`` from a thread of this process."""
+def serve_metrics(settings: Settings, metrics: RelayMetrics | None = None) -> WSGIServer:
+    """Serve ``/metrics`` on ``RELAY_WORKER_METRICS_PORT`` from a thread of this process, to whom
+    ``relay.infra.access`` allows (the admin bearer token, or anyone with RELAY_METRICS_PUBLIC)."""
     assert settings.worker_metrics_port is not None
     redis = connect(settings, socket_connect_timeout=2, socket_timeout=5)
     registry = scrape_registry(metrics, lambda: redis, settings)
-    start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
-    log.info("worker metrics on http://%s:%d/metrics", settings.host, settings.worker_metrics_port)
+    server = start_metrics_server(settings.worker_metrics_port, settings.host, registry, settings)
+    log.info("worker metrics on http://%s:%d/metrics", settings.host, server.server_port)
+    return server
 
 
 def _metrics_only(settings: Settings) -> None:

@@ -25,7 +25,17 @@ from relay.dev.redis_server import free_port
 from relay.ingress.app import create_app
 from relay.mapping.config import load_config
 from relay.settings import Settings
-from tests.conftest import Sandbox, answers, clean_environment, drain_queue, poll, running_worker
+from tests.conftest import (
+    ADMIN_HEADERS,
+    SUITE_ADMIN_TOKEN,
+    Sandbox,
+    answers,
+    clean_environment,
+    drain_queue,
+    poll,
+    running_worker,
+    with_admin_token,
+)
 from tests.worker.test_delivery_to_runner import FORM
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +103,7 @@ def dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Lines, int, int
             str(sandbox_port),
         ],
         cwd=ROOT,
-        env=clean_environment(RELAY_PORT=str(port)),
+        env=clean_environment(RELAY_PORT=str(port), RELAY_ADMIN_TOKEN=SUITE_ADMIN_TOKEN),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -118,6 +128,8 @@ def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
     up = output.wait_for("phlo-relay is up")
     redis_url = up.split("(Redis ")[1].split(",")[0]
     curl = output.wait_for("/hooks/website-form")
+    outcome = output.wait_for("Then see its outcome")
+    assert 'Authorization: Bearer $RELAY_ADMIN_TOKEN"' in outcome  # the variable's name, not the token
     console_link = output.wait_for("/console/login?once=").split(": ")[-1]
     output.wait_for("Ctrl-C stops everything")
     # The console link logs in once: a session cookie, the Overview; a second use is refused.
@@ -143,7 +155,7 @@ def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
     assert {run["status"] for run in runs} == {201}
 
     def succeeded() -> dict[str, Any] | None:
-        view = httpx.get(f"http://127.0.0.1:{port}/events/{event_id}").json()
+        view = httpx.get(f"http://127.0.0.1:{port}/events/{event_id}", headers=ADMIN_HEADERS).json()
         done = all(run["status"] == "succeeded" for run in view["runs"])
         return view if done else None
 
@@ -154,7 +166,7 @@ def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
     assert process.wait(timeout=30) == 0
     output.wait_for("phlo-relay dev stopped")
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/events/{event_id}")
+        httpx.get(f"http://127.0.0.1:{port}/healthz")
     with pytest.raises(RedisConnectionError):  # the embedded Redis is stopped too
         Redis.from_url(redis_url, socket_connect_timeout=1, retry=None).ping()
 
@@ -201,7 +213,7 @@ def test_ctrl_c_in_the_terminal_running_tasks_py_run_stops_everything_without_a_
     process = subprocess.Popen(
         [sys.executable, *command],
         cwd=ROOT,
-        env=clean_environment(RELAY_PORT=str(port)),
+        env=clean_environment(RELAY_PORT=str(port), RELAY_ADMIN_TOKEN=SUITE_ADMIN_TOKEN),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -238,7 +250,7 @@ def test_serve_and_worker_processes_deliver_and_events_show_reads_the_outcome(
     )
     try:
         with running_worker(settings) as worker:
-            poll(lambda: answers(f"http://127.0.0.1:{port}/events/none"))
+            poll(lambda: answers(f"http://127.0.0.1:{port}/healthz"))
             response = httpx.post(f"http://127.0.0.1:{port}/hooks/website-form", json=FORM)
             assert response.status_code == 202
             event_id = response.json()["event_id"]
@@ -278,7 +290,7 @@ def test_events_show_unknown_event_exits_1(settings: Settings) -> None:
 async def test_worker_pool_processes_deliver_every_run(
     aiohttp_client: Any, settings: Settings, sandbox: Sandbox
 ) -> None:
-    client = await aiohttp_client(create_app(settings, load_config(settings.config_path)))
+    client = await aiohttp_client(create_app(with_admin_token(settings), load_config(settings.config_path)))
     event_ids = []
     for number in range(12):
         response = await client.post("/hooks/website-form", json={**FORM, "submission_id": f"sub-{number}"})
@@ -287,7 +299,7 @@ async def test_worker_pool_processes_deliver_every_run(
     drain_queue(settings, "--processes", "2")
     assert len(sandbox.runs()) == 12
     for event_id in event_ids:
-        view = await (await client.get(f"/events/{event_id}")).json()
+        view = await (await client.get(f"/events/{event_id}", headers=ADMIN_HEADERS)).json()
         assert [run["status"] for run in view["runs"]] == ["succeeded"]
 
 
@@ -308,7 +320,7 @@ def test_worker_refuses_to_start_without_the_credentials_its_routes_need(setting
 async def test_a_long_running_worker_retries_after_the_delay_through_rqs_scheduler(
     aiohttp_client: Any, settings: Settings, sandbox: Sandbox
 ) -> None:
-    delayed = settings.model_copy(update={"retry_base_delay_s": 1})
+    delayed = with_admin_token(settings).model_copy(update={"retry_base_delay_s": 1})
     sandbox.fail(503, 1)
     client = await aiohttp_client(create_app(delayed, load_config(delayed.config_path)))
     response = await client.post("/hooks/website-form", json=FORM)
@@ -323,6 +335,6 @@ async def test_a_long_running_worker_retries_after_the_delay_through_rqs_schedul
     assert [run["status"] for run in runs] == [503, 201]
     # Scheduled, not retried at once (RQ keeps schedule times in whole seconds, hence the margin).
     assert runs[1]["received_at"] - runs[0]["received_at"] >= 0.5
-    [run] = (await (await client.get(f"/events/{event_id}")).json())["runs"]
+    [run] = (await (await client.get(f"/events/{event_id}", headers=ADMIN_HEADERS)).json())["runs"]
     assert run["status"] == "succeeded"
     assert run["attempts"] == 2

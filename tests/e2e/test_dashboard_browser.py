@@ -77,7 +77,7 @@ def test_rq_dashboard_shows_queued_running_scheduled_and_dead_lettered_runs(
     dashboard_env = clean_environment(RQ_DASHBOARD_REDIS_URL=settings.redis_url)
     dashboard = [*dashboard_arguments(), "--bind", "127.0.0.1", "--port", str(dashboard_port)]
     processes.start([sys.executable, "-m", "rq_dashboard", *dashboard], dashboard_env)
-    poll(lambda: answers(f"{relay_url}/events/none"))
+    poll(lambda: answers(f"{relay_url}/healthz"))
 
     queue = Queue(settings.queue_name, connection=redis)
     scheduled_registry = queue.scheduled_job_registry

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
@@ -25,7 +26,14 @@ from relay.cli import build_parser
 from relay.infra.metrics import METRIC_NAMES
 from relay.settings import ENV_PREFIX, Settings, env_name, load_settings
 from tests.conftest import missing
-from tests.e2e.deployment_files import COMPOSE_FILE, ROOT, compose, dashboard_arguments, dockerfile_stages
+from tests.e2e.deployment_files import (
+    COMPOSE_FILE,
+    ROOT,
+    compose,
+    dashboard_arguments,
+    dockerfile_stages,
+    interpolate,
+)
 
 DEPLOY = ROOT / "deploy"
 DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "phlo-relay.json"
@@ -200,7 +208,10 @@ def test_health_checks_ask_the_endpoints_each_process_serves() -> None:
     ingress_check = " ".join(services["ingress"]["healthcheck"]["test"])
     assert "http://127.0.0.1:8080/readyz" in ingress_check
     port = services["worker"]["environment"]["RELAY_WORKER_METRICS_PORT"]
-    assert f"http://127.0.0.1:{port}/metrics" in " ".join(services["worker"]["healthcheck"]["test"])
+    worker_check = " ".join(services["worker"]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/metrics" in worker_check
+    # The worker's /metrics takes the admin token: the check sends the container's own.
+    assert "'Authorization': 'Bearer ' + os.environ.get('RELAY_ADMIN_TOKEN', '')" in worker_check
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert "ports" not in services["ingress"], "a fixed host port would stop --scale ingress=N"
 
@@ -436,10 +447,35 @@ def test_prometheus_scrapes_every_ingress_and_worker_replica() -> None:
     }
     worker_port = int(services["worker"]["environment"]["RELAY_WORKER_METRICS_PORT"])
     assert targets == {("ingress", 8080): "/metrics", ("worker", worker_port): "/metrics"}
+    # /metrics takes the admin token: every job sends it from the file compose mounts beside the config.
+    for job in config["scrape_configs"]:
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": "relay-admin-token"}, job
+    mounts = prometheus_mounts()
+    assert mounts["relay-admin-token"].startswith("${RELAY_ADMIN_TOKEN_FILE:-./deploy/")
     for rule_file in config["rule_files"]:
         assert (DEPLOY / rule_file).is_file()
         mounted = f"./deploy/{rule_file}:/etc/prometheus/{rule_file}:ro"
         assert mounted in services["prometheus"]["volumes"]
+
+
+def prometheus_mounts() -> dict[str, str]:
+    """What compose mounts into /etc/prometheus: file name there -> the source as written (uninterpolated)."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))["services"]["prometheus"]["volumes"]
+    mounts = {}
+    for volume in raw:
+        source, _, target = volume.removesuffix(":ro").rpartition(":")
+        if target.startswith("/etc/prometheus/"):
+            mounts[target.removeprefix("/etc/prometheus/")] = source
+    return mounts
+
+
+def test_prometheus_token_file_by_default_holds_the_sandbox_env_files_admin_token() -> None:
+    """Trying it out (deploy/sandbox.env and the monitoring profile), Prometheus's token is the relay's."""
+    default = interpolate(prometheus_mounts()["relay-admin-token"], {})
+    token = (ROOT / default).read_text(encoding="utf-8").strip()
+    assert token == dotenv_values(DEPLOY / "sandbox.env")["RELAY_ADMIN_TOKEN"]
+    elsewhere = compose({"RELAY_ADMIN_TOKEN_FILE": "/etc/phlo-relay/admin-token"})["services"]["prometheus"]
+    assert "/etc/phlo-relay/admin-token:/etc/prometheus/relay-admin-token:ro" in elsewhere["volumes"]
 
 
 def test_alert_rules_read_only_relay_metrics() -> None:
@@ -450,11 +486,15 @@ def test_alert_rules_read_only_relay_metrics() -> None:
         assert names and names <= METRIC_NAMES, rule["alert"]
 
 
-def test_promtool_accepts_the_config_and_the_alerts_fire_as_documented() -> None:
+def test_promtool_accepts_the_config_and_the_alerts_fire_as_documented(tmp_path: Path) -> None:
     if shutil.which("promtool") is None:
         missing("promtool is not installed (apt-get install prometheus)")
+    # /etc/prometheus as compose lays it out (the token file by default), since promtool opens the files
+    # the config names.
+    for name, source in prometheus_mounts().items():
+        shutil.copy(ROOT / interpolate(source, {}), tmp_path / name)
     for command in (
-        ["check", "config", str(DEPLOY / "prometheus.yml")],
+        ["check", "config", str(tmp_path / "prometheus.yml")],
         ["test", "rules", str(ROOT / "tests" / "e2e" / "data" / "prometheus-alerts-test.yml")],
     ):
         result = subprocess.run(["promtool", *command], capture_output=True, text=True, check=False)

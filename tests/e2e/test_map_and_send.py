@@ -15,7 +15,7 @@ from pytest_aiohttp import AiohttpClient
 from redis import Redis
 
 from relay.dev.redis_server import EmbeddedRedis
-from tests.conftest import Sandbox, check_for_leaks, clean_environment
+from tests.conftest import ADMIN_HEADERS, Sandbox, check_for_leaks, clean_environment
 from tests.e2e.test_sender_examples import (
     EXAMPLE_TABLE,
     EXAMPLES,
@@ -218,7 +218,7 @@ async def test_send_signs_the_sample_and_the_relay_stores_its_event(
     status, _, answer = sent.stdout.partition("\n")
     assert status == "HTTP 202"
     event_id = json.loads(answer)["event_id"]
-    stored = await ingress.client.get(f"/events/{event_id}")
+    stored = await ingress.client.get(f"/events/{event_id}", headers=ADMIN_HEADERS)
     assert stored.status == 200
     view = await stored.json()
     assert view["event"]["status"] == "accepted"

@@ -551,7 +551,7 @@ def test_relay_serve_logs_no_query_string_where_a_token_may_be(settings: Setting
     with log_path.open("wb") as log:
         serve = subprocess.Popen([sys.executable, "-m", "relay", "serve"], env=env, cwd=tmp_path, stderr=log)
         try:
-            poll(lambda: answers(f"http://127.0.0.1:{port}/events/none"))
+            poll(lambda: answers(f"http://127.0.0.1:{port}/healthz"))
             for token in (QUERY_TOKEN, QUERY_TOKEN[:-1]):  # http.client: httpx itself logs the URL
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 headers = {"Content-Type": "application/json"}

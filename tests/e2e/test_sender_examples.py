@@ -36,6 +36,7 @@ from relay.mapping.config import load_config
 from relay.runner.sandbox import SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN, SandboxConfig, SandboxThread
 from relay.settings import Settings, load_settings
 from tests.conftest import (
+    SUITE_ADMIN_TOKEN,
     Sandbox,
     assert_sdk_request,
     clean_environment,
@@ -622,6 +623,7 @@ async def start_relay(
         runner_read_timeout_s=2.0,
         # Some examples have quiet hours: their runs go at once only by day in their zones (US ones).
         clock_offset_s=us_afternoon_s() - time.time(),
+        admin_token=SUITE_ADMIN_TOKEN,  # GET /events/{id} shows what became of a sample
     )
     config = load_config(settings.config_path)
     client = await aiohttp_client(create_app(settings, config, environ=SECRETS[example.source]))

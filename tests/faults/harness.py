@@ -223,7 +223,7 @@ class IngressProcess(Child):
         self.url = f"http://127.0.0.1:{port}"
 
     def ready(self) -> None:
-        _wait_until_answers(self, f"{self.url}/events/none")
+        _wait_until_answers(self, f"{self.url}/healthz")
 
 
 class Cluster:

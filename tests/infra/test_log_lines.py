@@ -405,7 +405,7 @@ def test_serve_and_worker_write_only_json_lines_with_context_masked_pii_and_no_s
     assert [line for line in access if line["path"].startswith("/hooks/")] == []
     assert access and all(isinstance(line["duration_ms"], float) for line in access)
     assert {(line["method"], line["path"], line["status"]) for line in access} == {
-        ("GET", "/events/none", 404)
+        ("GET", "/events/none", 401)  # the admin token is set: the route is there, and refuses
     }
 
     context_a = {"job_id": job_a, "event_id": event_a, "route": "callback", **source}

@@ -20,15 +20,24 @@ from relay.dev.redis_server import free_port
 from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings
-from tests.conftest import KNOWN_PHLO, Sandbox, answers, clean_environment, poll
+from tests.conftest import (
+    ADMIN_HEADERS,
+    KNOWN_PHLO,
+    Sandbox,
+    answers,
+    clean_environment,
+    poll,
+    with_admin_token,
+)
 from tests.worker.test_delivery_to_runner import FORM
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(url: str) -> Samples:
-    """Every sample of a /metrics page, by name and labels."""
-    text = httpx.get(url, timeout=10).raise_for_status().text
+    """Every sample of a /metrics page, by name and labels (with the admin token: harmless where the page is
+    public)."""
+    text = httpx.get(url, headers=ADMIN_HEADERS, timeout=10).raise_for_status().text
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)
@@ -66,6 +75,8 @@ def _pids(directory: Path) -> set[str]:
 def test_counts_match_a_scripted_run_across_two_ingress_and_two_worker_processes(
     settings: Settings, sandbox: Sandbox, redis: Redis, tmp_path: Path
 ) -> None:
+    # The ingress's /metrics takes the admin token; the workers' port is public (RELAY_METRICS_PUBLIC).
+    settings = with_admin_token(settings)
     port, worker_port = free_port(), free_port()
     ingress_dir, worker_dir = tmp_path / "ingress-metrics", tmp_path / "worker-metrics"
     base = f"http://127.0.0.1:{port}"
@@ -111,8 +122,9 @@ def test_counts_match_a_scripted_run_across_two_ingress_and_two_worker_processes
 
         sandbox.fail(500, 1)  # the first run's first attempt fails, and is retried at once
         sandbox.fail(None, None, latency_ms=150)  # then each run takes a while: both workers get some
+        public = {"RELAY_WORKER_METRICS_PORT": str(worker_port), "RELAY_METRICS_PUBLIC": "true"}
         with relay_process("worker", settings, "--processes", "2", RELAY_METRICS_DIR=str(worker_dir),
-                           RELAY_WORKER_METRICS_PORT=str(worker_port)):  # fmt: skip
+                           **public):  # fmt: skip
             worker_url = f"http://127.0.0.1:{worker_port}/metrics"
             poll(lambda: answers(worker_url) == 200 or None, timeout_s=30)
 
@@ -149,9 +161,10 @@ async def test_a_single_worker_process_serves_the_counts_of_its_own_runs(
     response = await client.post("/hooks/website-form", json={**FORM, "submission_id": "s-single"})
     assert response.status == 202
     worker_port = free_port()
-    with relay_process("worker", settings, RELAY_WORKER_METRICS_PORT=str(worker_port)):
+    # The worker's own port takes the admin token, like the ingress's /metrics: 401 without it.
+    with relay_process("worker", with_admin_token(settings), RELAY_WORKER_METRICS_PORT=str(worker_port)):
         worker_url = f"http://127.0.0.1:{worker_port}/metrics"
-        poll(lambda: answers(worker_url) == 200 or None, timeout_s=30)
+        poll(lambda: answers(worker_url) == 401 or None, timeout_s=30)
 
         def delivered() -> Samples | None:
             samples = scrape(worker_url)

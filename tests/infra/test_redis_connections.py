@@ -43,7 +43,16 @@ from relay.infra.redis_client import check_redis, connect, connect_async, descri
 from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings, load_settings
-from tests.conftest import KNOWN_PHLO, Sandbox, clean_environment, drain_queue, missing, poll
+from tests.conftest import (
+    ADMIN_HEADERS,
+    KNOWN_PHLO,
+    Sandbox,
+    clean_environment,
+    drain_queue,
+    missing,
+    poll,
+    with_admin_token,
+)
 from tests.worker.test_delivery_to_runner import FORM
 from tests.worker.test_worker_processes import worker_process
 
@@ -381,7 +390,7 @@ async def test_a_unix_socket_sync_and_async(
 async def test_sentinel_finds_the_master_sync_and_async(
     sentinel: EmbeddedSentinel, master: Redis, settings: Settings
 ) -> None:
-    through_sentinel = redis_settings(settings, **sentinel_fields(sentinel))
+    through_sentinel = redis_settings(with_admin_token(settings), **sentinel_fields(sentinel))
     assert await round_trip(through_sentinel, "relay:test:sentinel") == (b"sync", b"async")
     assert master.get("relay:test:sentinel") == b"async"  # on the master, in the URL's db
 
@@ -394,7 +403,7 @@ async def test_a_webhook_is_delivered_through_sentinel_by_a_burst_worker(
     config: RelayConfig,
     sandbox: Sandbox,
 ) -> None:
-    through_sentinel = redis_settings(settings, **sentinel_fields(sentinel))
+    through_sentinel = redis_settings(with_admin_token(settings), **sentinel_fields(sentinel))
     client = await aiohttp_client(create_app(through_sentinel, config))
     response = await client.post("/hooks/website-form", json=FORM)
     assert response.status == 202
@@ -405,7 +414,7 @@ async def test_a_webhook_is_delivered_through_sentinel_by_a_burst_worker(
 
     [run] = sandbox.runs()
     assert (run["path"], run["status"]) == (f"/v1/account/{run['auth_id']}/phlo/{KNOWN_PHLO}/", 201)
-    view = await (await client.get(f"/events/{body['event_id']}")).json()
+    view = await (await client.get(f"/events/{body['event_id']}", headers=ADMIN_HEADERS)).json()
     assert [each["status"] for each in view["runs"]] == ["succeeded"]
 
 
@@ -440,7 +449,7 @@ def test_a_read_cut_short_leaves_no_reply_for_the_next_command_through_sentinel(
 def test_a_worker_through_sentinel_shuts_down_warm_and_cleanly(
     sentinel: EmbeddedSentinel, master: Redis, settings: Settings
 ) -> None:
-    through_sentinel = redis_settings(settings, **sentinel_fields(sentinel))
+    through_sentinel = redis_settings(with_admin_token(settings), **sentinel_fields(sentinel))
     worker = subprocess.Popen(
         [sys.executable, "-m", "relay", "worker"],
         env=clean_environment(**through_sentinel.as_environment()),

@@ -11,7 +11,7 @@ from relay.dev.redis_server import free_port
 from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig
 from relay.settings import Settings
-from tests.conftest import send_raw
+from tests.conftest import ADMIN_HEADERS, send_raw, with_admin_token
 from tests.worker.test_delivery_to_runner import FORM
 
 
@@ -78,12 +78,14 @@ async def test_wrong_method_and_unknown_path_answer_json(
 async def test_redis_unreachable_is_503_and_nothing_is_claimed(
     aiohttp_client: Any, settings: Settings, config: RelayConfig
 ) -> None:
-    nowhere = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    nowhere = with_admin_token(settings).model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}
+    )
     client = await aiohttp_client(create_app(nowhere, config))
     response = await client.post("/hooks/website-form", json=FORM)
     message = await refusal(response, 503, "queue_unavailable")
     assert "retry" in message
-    response = await client.get("/events/evt_x")
+    response = await client.get("/events/evt_x", headers=ADMIN_HEADERS)
     await refusal(response, 503, "queue_unavailable")
 
 

@@ -98,7 +98,7 @@ async def test_a_valid_file_is_put_in_force_and_its_version_shown(
     view = read_event(redis, event["event_id"])
     assert view is not None and view.event.config_version == new
     assert payload_of(redis, event["jobs"][0]["job_id"])["campaign"] == "spring"
-    scraped = await (await client.get("/metrics")).text()
+    scraped = await (await client.get("/metrics", headers=AUTH)).text()
     assert f'relay_config_info{{version="{new}"}} 1.0' in scraped
     assert f'relay_config_info{{version="{old}"}} 0.0' in scraped
 

@@ -24,6 +24,7 @@ from relay.mapping.config import RelayConfig, parse_config
 from relay.queue.jobs import relay_queue
 from relay.settings import Settings
 from tests.conftest import (
+    ADMIN_HEADERS,
     KNOWN_PHLO,
     Sandbox,
     answers,
@@ -32,6 +33,7 @@ from tests.conftest import (
     drain_queue,
     poll,
     watch_secrets,
+    with_admin_token,
 )
 
 GITHUB_SECRET = "It's a Secret to Everybody"
@@ -116,7 +118,7 @@ def events_config() -> RelayConfig:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, settings: Settings, events_config: RelayConfig) -> Any:
-    return await aiohttp_client(create_app(settings, events_config, environ=ENVIRON))
+    return await aiohttp_client(create_app(with_admin_token(settings), events_config, environ=ENVIRON))
 
 
 def queued(redis: Redis, settings: Settings) -> int:
@@ -194,7 +196,7 @@ async def test_a_batch_becomes_one_event_each_recorded_and_deduplicated_on_its_o
     assert [event["source_event_id"] for event in events] == ["1", "2", "1", "3"]
     assert events[2]["event_id"] == events[0]["event_id"]
     for event in (events[0], events[1], events[3]):
-        record = await (await client.get(f"/events/{event['event_id']}")).json()
+        record = await (await client.get(f"/events/{event['event_id']}", headers=ADMIN_HEADERS)).json()
         assert record["event"]["source_event_id"] == event["source_event_id"]
     assert queued(redis, settings) == 2
 
@@ -306,7 +308,7 @@ def two_ingresses(settings: Settings, tmp_path: Path) -> Iterator[list[str]]:
     try:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         for url in urls:
-            poll(lambda url=url: answers(f"{url}/events/none"))  # type: ignore[misc]
+            poll(lambda url=url: answers(f"{url}/healthz"))  # type: ignore[misc]
         yield urls
     finally:
         for process in processes:

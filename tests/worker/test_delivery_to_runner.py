@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis import Redis
@@ -17,9 +18,24 @@ from relay.mapping.config import RelayConfig
 from relay.outcome.replay import replay
 from relay.runner.sandbox import SANDBOX_AUTH_TOKEN
 from relay.settings import Settings
-from tests.conftest import ALERT_PHLO, KNOWN_PHLO, UNKNOWN_PHLO, Sandbox, assert_sdk_request, drain_queue
+from tests.conftest import (
+    ADMIN_HEADERS,
+    ALERT_PHLO,
+    KNOWN_PHLO,
+    UNKNOWN_PHLO,
+    Sandbox,
+    assert_sdk_request,
+    drain_queue,
+    with_admin_token,
+)
 
 FORM = {"submission_id": "sub-1", "form": "callback-request", "name": "Ada", "phone": "+14155550123"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests read the outcome on ``GET /events/{id}``, which takes the admin token."""
+    return with_admin_token(settings)
 
 
 def failure_reason(job: Job) -> str:
@@ -37,7 +53,7 @@ async def post(
 
 
 async def event(client: TestClient[web.Request, web.Application], event_id: str) -> dict[str, Any]:
-    response = await client.get(f"/events/{event_id}")
+    response = await client.get(f"/events/{event_id}", headers=ADMIN_HEADERS)
     assert response.status == 200
     data: dict[str, Any] = await response.json()
     return data
@@ -286,7 +302,7 @@ async def test_unknown_event_is_404_json(
     aiohttp_client: Any, settings: Settings, config: RelayConfig
 ) -> None:
     client = await aiohttp_client(create_app(settings, config))
-    response = await client.get("/events/evt_nope")
+    response = await client.get("/events/evt_nope", headers=ADMIN_HEADERS)
     assert response.status == 404
     assert (await response.json())["error"] == "unknown_event"
 

@@ -21,7 +21,14 @@ from relay.mapping.config import RelayConfig
 from relay.queue import pause
 from relay.queue.jobs import relay_queue
 from relay.settings import DEFAULT_ACCOUNT, Settings
-from tests.conftest import Sandbox, assert_attempts_are_its_attempt_steps, clean_environment, poll
+from tests.conftest import (
+    ADMIN_HEADERS,
+    Sandbox,
+    assert_attempts_are_its_attempt_steps,
+    clean_environment,
+    poll,
+    with_admin_token,
+)
 from tests.worker.test_delivery_to_runner import FORM
 from tests.worker.test_worker_processes import (
     busiest_window,
@@ -40,7 +47,7 @@ def _dead_letters(redis: Redis, settings: Settings) -> int:
 
 
 async def _metrics(client: Any) -> str:
-    response = await client.get("/metrics")
+    response = await client.get("/metrics", headers=ADMIN_HEADERS)
     assert response.status == 200
     return str(await response.text())
 
@@ -61,7 +68,7 @@ async def test_a_paused_route_holds_100_runs_through_a_restart_and_resume_delive
     assert HELD_LINE in await _metrics(client)
 
     # Every process restarts: a new ingress and a new worker. The pause and its held runs are in Redis.
-    restarted = await aiohttp_client(create_app(limited, config))
+    restarted = await aiohttp_client(create_app(with_admin_token(limited), config))
     with worker_process(limited):
         # A new run of the route, taken by the new worker, is held too: the new process reads the pause.
         late = await restarted.post("/hooks/website-form", json={**FORM, "submission_id": "sub-late"})

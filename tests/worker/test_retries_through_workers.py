@@ -14,20 +14,20 @@ from relay.dev.redis_server import free_port
 from relay.ingress.app import create_app
 from relay.mapping.config import RelayConfig, RetryOverride
 from relay.settings import Settings
-from tests.conftest import Sandbox, drain_queue, poll, running_worker
+from tests.conftest import ADMIN_HEADERS, Sandbox, drain_queue, poll, running_worker, with_admin_token
 from tests.worker.test_delivery_to_runner import FORM
 
 
 async def deliver_one(aiohttp_client: Any, settings: Settings, config: RelayConfig) -> tuple[Any, str]:
     """Post the website form (one run) and return the client and the event id."""
-    client = await aiohttp_client(create_app(settings, config))
+    client = await aiohttp_client(create_app(with_admin_token(settings), config))
     response = await client.post("/hooks/website-form", json=FORM)
     assert response.status == 202
     return client, (await response.json())["event_id"]
 
 
 async def the_run(client: Any, event_id: str) -> dict[str, Any]:
-    [run] = (await (await client.get(f"/events/{event_id}")).json())["runs"]
+    [run] = (await (await client.get(f"/events/{event_id}", headers=ADMIN_HEADERS)).json())["runs"]
     return dict(run)
 
 

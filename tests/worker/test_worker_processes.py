@@ -28,11 +28,13 @@ from relay.runner.breaker import CircuitBreaker
 from relay.settings import DEFAULT_ACCOUNT, Settings
 from relay.worker.stranded import requeue_stranded
 from tests.conftest import (
+    ADMIN_HEADERS,
     Sandbox,
     assert_attempts_are_its_attempt_steps,
     clean_environment,
     drain_queue,
     poll,
+    with_admin_token,
 )
 from tests.worker.test_delivery_to_runner import FORM, as_an_older_relay_stored_it
 
@@ -63,7 +65,7 @@ def worker_process(
 async def post_events(
     aiohttp_client: Any, settings: Settings, config: RelayConfig, count: int
 ) -> tuple[Any, list[str]]:
-    client = await aiohttp_client(create_app(settings, config))
+    client = await aiohttp_client(create_app(with_admin_token(settings), config))
     event_ids = []
     for _ in range(count):
         response = await client.post(
@@ -75,7 +77,10 @@ async def post_events(
 
 
 async def runs_of(client: Any, event_ids: list[str]) -> list[dict[str, Any]]:
-    views = [await (await client.get(f"/events/{event_id}")).json() for event_id in event_ids]
+    views = [
+        await (await client.get(f"/events/{event_id}", headers=ADMIN_HEADERS)).json()
+        for event_id in event_ids
+    ]
     return [run for view in views for run in view["runs"]]
 
 
@@ -300,7 +305,7 @@ async def test_a_dead_lettered_run_is_not_sent_again_when_rq_runs_its_job_again(
     aiohttp_client: Any, settings: Settings, config: RelayConfig, sandbox: Sandbox, redis: Redis
 ) -> None:
     # The same crash, after a run was given up: it stays a dead letter, and the runner is not asked again.
-    client = await aiohttp_client(create_app(settings, config))
+    client = await aiohttp_client(create_app(with_admin_token(settings), config))
     response = await client.post("/hooks/misrouted", json={"id": f"m-{uuid.uuid4().hex}"})
     event_ids = [(await response.json())["event_id"]]
     drain_queue(settings)
