@@ -70,7 +70,8 @@ class Shares:
 def _headers(sample: Path, body: bytes) -> CIMultiDict[str]:
     content_type = TYPES.get(sample.suffix, "")
     if sample.suffix == ".multipart":
-        content_type = f"multipart/form-data; boundary={body.split(b'\r\n', 1)[0][2:].decode('ascii')}"
+        boundary = body.split(b"\r\n", 1)[0][2:].decode("ascii")
+        content_type = f"multipart/form-data; boundary={boundary}"
     return CIMultiDict({"Content-Type": content_type, **HEADERS.get(sample.name, {})})
 
 
