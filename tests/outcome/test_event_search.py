@@ -3,6 +3,7 @@ newest first, followed through status changes made by a real worker, and trimmed
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -195,3 +196,23 @@ async def test_expired_events_are_skipped_and_old_entries_trimmed(
     assert redis.keys(f"{keys.index_source_key('')}*") == []  # empty sets are gone
     assert redis.smembers(keys.index_sets_key()) == set()
     assert redis.ttl(keys.index_sender_key("sub-kept")) > settings.outcome_ttl_s - 60
+
+
+async def test_documents_are_stored_compactly_and_older_ones_stay_readable(
+    client: Client, redis: Redis
+) -> None:
+    long_form = form("sub-long", message="Please call me back about the quote. " * 20)
+    event_id = (await post(client, "website-form", long_form))["event_id"]
+    stored = redis.hget(keys.event_key(event_id), keys.DOCUMENT_FIELD)
+    assert isinstance(stored, bytes)
+    assert stored.startswith(b"z:")
+    assert len(stored) < len(json.dumps(long_form)) / 3
+    assert records.read_document(redis, event_id) == long_form
+    short_id = (await post(client, "website-form", form("sub-short")))["event_id"]
+    assert (
+        redis.hget(keys.event_key(short_id), keys.DOCUMENT_FIELD)
+        == json.dumps(form("sub-short"), separators=(",", ":")).encode()
+    )
+    # A record written before compaction holds its document as JSON text of any size.
+    redis.hset(keys.event_key(short_id), keys.DOCUMENT_FIELD, json.dumps(long_form))
+    assert records.read_document(redis, short_id) == long_form
