@@ -79,6 +79,8 @@ def matches(view: EventView, query: EventQuery) -> bool:
 
 
 MAX_CHUNK = 1000  # index entries read per round trip as the walk goes on
+RUN_STATUSES = frozenset((*(status.value for status in RunStatus), index.AMBIGUOUS))
+RUN_STATUS_SETS = frozenset(keys.index_status_key(status) for status in RUN_STATUSES)
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,14 @@ def _in_all(redis: Redis, sets: list[str], event_ids: list[str]) -> list[str]:
     return [event_id for event_id, *scores in zip(event_ids, *replies, strict=True) if None not in scores]
 
 
+def _record_matches(record: EventRecord, duplicates: int, query: EventQuery) -> bool:
+    """Whether the event's record passes the filters it alone decides (the runs' statuses wait)."""
+    view = EventView(event=record, runs=[], duplicates=duplicates)
+    if query.status in RUN_STATUSES:
+        return matches(view, query.model_copy(update={"status": None}))
+    return matches(view, query)
+
+
 def search_events(redis: Redis, query: EventQuery) -> EventPage:
     """The events that pass ``query``, newest first, at most ``query.limit`` of them."""
     bounds = _bounds(redis, query)
@@ -232,15 +242,3 @@ def search_events(redis: Redis, query: EventQuery) -> EventPage:
     more = len(page) > query.limit
     page = page[: query.limit]
     return EventPage(events=page, next_before=page[-1].event.event_id if more else None)
-
-
-RUN_STATUSES = frozenset((*(status.value for status in RunStatus), index.AMBIGUOUS))
-RUN_STATUS_SETS = frozenset(keys.index_status_key(status) for status in RUN_STATUSES)
-
-
-def _record_matches(record: EventRecord, duplicates: int, query: EventQuery) -> bool:
-    """Whether the event's record passes the filters it alone decides (the runs' statuses wait)."""
-    view = EventView(event=record, runs=[], duplicates=duplicates)
-    if query.status in RUN_STATUSES:
-        return matches(view, query.model_copy(update={"status": None}))
-    return matches(view, query)
