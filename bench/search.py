@@ -28,6 +28,7 @@ from redis import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
 
 from bench import sections
+from bench.document import load_average
 from relay import keys
 from relay.dev.redis_server import EmbeddedRedis
 from relay.outcome.search import EventPage, EventQuery, matches, search_events
@@ -253,8 +254,10 @@ def main() -> int:
         "--write", type=Path, metavar="PATH", help="write the section into docs/performance.md"
     )
     args = parser.parse_args()
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="relay-bench-search-") as work_dir:
         rows = measure(args, Path(work_dir))
+    loads = f"load average {load_before} before, {load_average()} after"
     text = sections.table(rows)
     print(text)
     if args.write is not None:
@@ -267,7 +270,7 @@ def main() -> int:
             f"Indexed figures: median (p99) of {args.repeat} searches (the sender's id drawn at random); "
             f"commands: median of {args.cli_repeat} runs. The baseline is the scanning search the index "
             f"replaced, on {args.baseline_events:,} of the same events in another Redis, 3 runs, scaled "
-            f"linearly (it reads every event).\n\n{text}\n"
+            f"linearly (it reads every event). The machine was shared ({loads}).\n\n{text}\n"
         )
         sections.write_section(args.write, "search", body)
         print(f"wrote {args.write}", file=sys.stderr)

@@ -79,6 +79,7 @@ def matches(view: EventView, query: EventQuery) -> bool:
 
 
 MAX_CHUNK = 1000  # index entries read per round trip as the walk goes on
+RECORD_COST_RATIO = 8  # reading and checking an event's record against testing its id in a sorted set
 RUN_STATUSES = frozenset((*(status.value for status in RunStatus), index.AMBIGUOUS))
 RUN_STATUS_SETS = frozenset(keys.index_status_key(status) for status in RUN_STATUSES)
 
@@ -126,7 +127,9 @@ def _candidates(query: EventQuery) -> list[str]:
 
 
 def _chosen(redis: Redis, query: EventQuery, bounds: _Bounds) -> str:
-    """The candidate set with the fewest entries within the bounds."""
+    """The candidate set that is cheapest to walk: the fewest entries within the bounds, where an entry of
+    an event set costs RECORD_COST_RATIO entries when a run status is asked for (the walk of a run status
+    set filters the other sets in Redis; the walk of another must read every record to check the runs)."""
     sets = _candidates(query)
     if len(sets) == 1:
         return sets[0]
@@ -134,7 +137,11 @@ def _chosen(redis: Redis, query: EventQuery, bounds: _Bounds) -> str:
         for name in sets:
             pipe.zcount(name, bounds.lowest, bounds.highest)
         counts = pipe.execute()
-    return min(zip(counts, range(len(sets)), sets, strict=True))[2]
+    costs = [
+        count * (RECORD_COST_RATIO if query.status in RUN_STATUSES and name not in RUN_STATUS_SETS else 1)
+        for name, count in zip(sets, counts, strict=True)
+    ]
+    return min(zip(costs, range(len(sets)), sets, strict=True))[2]
 
 
 def _walk(redis: Redis, name: str, bounds: _Bounds, first_chunk: int) -> Iterator[list[str]]:
