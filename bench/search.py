@@ -50,6 +50,7 @@ SPAN_S = 29 * 86400
 TTL_S = 30 * 86400
 LOAD_CHUNK = 500
 TARGET_LOOKUP_MS = 50.0
+PHLO = "11111111-aaaa-4bbb-8ccc-000000000001"
 
 
 def _status(rng: random.Random) -> RunStatus:
@@ -70,12 +71,8 @@ def load(redis: Redis, count: int, now_s: float, seed: int = 7) -> None:
     rng = random.Random(seed)
     names = list(SOURCES)
     script = redis.register_script(_STORE_SCRIPT)
-    index_args = [
-        keys.index_all_key(),
-        keys.event_key(""),
-        keys.index_status_key(EventStatus.DUPLICATE.value),
-        keys.DUPLICATES_FIELD,
-    ]
+    duplicates = keys.index_status_key(EventStatus.DUPLICATE.value)
+    index_args = [keys.index_all_key(), keys.event_key(""), duplicates, keys.DUPLICATES_FIELD]
     pipe = redis.pipeline(transaction=False)  # only records commands
     batch: list[bytes] = []
     for number in range(count):
@@ -97,17 +94,9 @@ def load(redis: Redis, count: int, now_s: float, seed: int = 7) -> None:
         for route in routes:
             status = _status(rng)
             step = Step(at=received + 0.4, status=status, attempt=1, http_status=200)
-            runs.append(
-                RunOutcome(
-                    job_id=f"{record.event_id}-{route}",
-                    route=route,
-                    phlo_id="11111111-aaaa-4bbb-8ccc-000000000001",
-                    account="default",
-                    status=status,
-                    attempts=1,
-                    history=[step],
-                )
-            )
+            job_id = f"{record.event_id}-{route}"
+            runs.append(RunOutcome(job_id=job_id, route=route, phlo_id=PHLO, account="default", status=status,
+                                   attempts=1, history=[step]))  # fmt: skip
         document = {"submission_id": f"sender-{number}", "form": "callback-request", "phone": "+14155550123"}
         records.write_event(pipe, record, runs, TTL_S, None if ignored else document)
         commands = [args for args, _options in pipe.command_stack]
