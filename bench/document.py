@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from bench import sections
 from bench.report import Line, render_markdown
 from bench.wrk import wrk_version
 from relay.dev.redis_server import find_redis_server
@@ -131,4 +132,5 @@ def render(lines: Sequence[Line], run: Run) -> str:
 
 def write(path: Path, lines: Sequence[Line], run: Run) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(lines, run), encoding="utf-8")
+    others = sections.kept(path)  # what benchmarks of their own wrote (bench/search.py) stays
+    path.write_text(render(lines, run) + ("\n" + others if others else ""), encoding="utf-8")

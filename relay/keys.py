@@ -96,3 +96,41 @@ def last_error_key() -> str:
 def console_login_failures_key(client: str) -> str:
     """Counter of one client address's failed console logins in the current window (expiring with it)."""
     return f"{PREFIX}:console:login-failures:{client}"
+
+
+# The event index (relay.queue.index): sorted sets scored by the event's received_at (epoch seconds), member
+# the event id (a run's status: its job id, which begins with its event id). Trimmed to outcome_ttl_s.
+def index_all_key() -> str:
+    """Sorted set of every stored event."""
+    return f"{PREFIX}:index:events"
+
+
+def index_source_key(source: str) -> str:
+    """Sorted set of one source's events."""
+    return f"{PREFIX}:index:source:{source}"
+
+
+def index_route_key(route: str) -> str:
+    """Sorted set of the events with a run (or dead letter) of one route."""
+    return f"{PREFIX}:index:route:{route}"
+
+
+def index_status_key(status: str) -> str:
+    """Sorted set of the events with an event status (accepted, ignored, duplicate: repeats received), or of
+    the job ids of the runs with a run status (queued, succeeded, ..., ambiguous)."""
+    return f"{PREFIX}:index:status:{status}"
+
+
+def index_sender_key(source_event_id: str) -> str:
+    """Sorted set of the events that carry one sender's event id (any source), expiring with the newest."""
+    if len(source_event_id) > 128:  # ids come from senders; keep keys short whatever they send
+        source_event_id = "sha256:" + hashlib.sha256(source_event_id.encode()).hexdigest()
+    return f"{PREFIX}:index:sender:{source_event_id}"
+
+
+def index_sets_key() -> str:
+    """Set of the names of the source and route index sets, which ``relay.queue.index.trim`` walks."""
+    return f"{PREFIX}:index:sets"
+
+
+DUPLICATES_FIELD = "duplicates"  # field of an event hash: how many repeats of the event were received

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from relay import __version__
+from relay.cli import events as events_cli
 from relay.cli import hooks, pauses, records, run, runs
 from relay.cli.arguments import positive_int
 from relay.errors import ConfigError, RelayError
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = events_commands.add_parser("show", help="show one event and its runs")
     show.add_argument("event_id")
     show.set_defaults(handler=records.events_show)
+    events_cli.add_events_list(events_commands)
 
     sandbox = commands.add_parser("sandbox", help="run the local PHLO runner sandbox")
     sandbox.add_argument("--host", default="127.0.0.1")

@@ -25,11 +25,13 @@ from relay.outcome.deadletters import (
     DeadLetterFilter,
     Target,
     list_dead_letters,
+    parse_time,
     purge,
     show_dead_letter,
 )
 from relay.outcome.override import replay_many_suppressed
 from relay.outcome.replay import replay_many
+from relay.outcome.search import EventQuery, search_events
 from relay.queue import pause
 from relay.queue.jobs import relay_queue
 from relay.settings import Settings
@@ -100,6 +102,27 @@ async def list_letters(request: web.Request) -> web.Response:
     return web.json_response(
         {"count": len(letters), "dead_letters": [letter.model_dump(mode="json") for letter in letters]}
     )
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """``GET /admin/events?source=&route=&status=&since=&until=&source_event_id=&limit=&before=``: newest
+    first; ``next_before`` is the ``before`` of the next page (null on the last)."""
+    query = dict(request.query)
+    unknown = sorted(set(request.query) - set(EventQuery.model_fields))
+    if unknown:
+        known = ", ".join(EventQuery.model_fields)
+        return error_response(400, "invalid_filter", f"unknown filter {unknown[0]!r}: one of {known}")
+    try:
+        for name in ("since", "until"):
+            if name in query:
+                query[name] = parse_time(query[name])  # type: ignore[assignment]
+        selected = EventQuery.model_validate(query)
+    except ValueError as exc:  # parse_time's, and pydantic's ValidationError
+        problems = _problems(exc) if isinstance(exc, ValidationError) else str(exc)
+        return error_response(400, "invalid_filter", f"invalid filter: {problems}")
+    page = await in_thread(request, search_events, request.app[REDIS], selected)
+    body = page.model_dump(mode="json")
+    return web.json_response({"count": len(page.events), **body})
 
 
 async def show_letter(request: web.Request) -> web.Response:
@@ -234,6 +257,7 @@ def add_admin_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_get("/admin/dead-letters/{job_id}", _guarded(show_letter, expected))
     app.router.add_post("/admin/config/reload", _guarded(reload, expected))
     app.router.add_get("/admin/paused", _guarded(list_pauses, expected))
+    app.router.add_get("/admin/events", _guarded(list_events, expected))
     app.router.add_post("/admin/pause", _guarded(pause_scope, expected))
     app.router.add_post("/admin/resume", _guarded(resume_scope, expected))
     app.router.add_post("/admin/runs/replay", _guarded(replay_runs, expected))

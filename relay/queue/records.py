@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from relay import keys
+from relay.queue import index
 
 MAX_HISTORY = 50
 WATCH_ATTEMPTS = 5  # a WATCHed transaction that keeps conflicting is given up after this many tries
@@ -29,7 +31,7 @@ T = TypeVar("T")
 class EventStatus(StrEnum):
     ACCEPTED = "accepted"  # at least one run queued or dead-lettered
     IGNORED = "ignored"  # no route matched
-    DUPLICATE = "duplicate"  # a repeat of an earlier event: only ever an answer, never stored
+    DUPLICATE = "duplicate"  # a repeat of an earlier event: an answer; the first one counts its repeats
 
 
 class RunStatus(StrEnum):
@@ -113,6 +115,7 @@ class EventView(BaseModel):
 
     event: EventRecord
     runs: list[RunOutcome]
+    duplicates: int = 0  # repeats of the event received (answered as duplicates, not stored)
 
 
 def write_event(
@@ -121,14 +124,48 @@ def write_event(
     """Queue the writes of a new event's record, its document (for re-mapping) and its runs."""
     key = keys.event_key(record.event_id)
     now = time.time()
-    fields = {keys.EVENT_FIELD: record.model_dump_json()}
+    fields: dict[str, str | bytes] = {keys.EVENT_FIELD: record.model_dump_json()}
     if document is not None:
-        fields[keys.DOCUMENT_FIELD] = json.dumps(document, separators=(",", ":"))
+        fields[keys.DOCUMENT_FIELD] = pack_document(document)
     for run in runs:
         run.updated_at = now  # a new event's runs: nobody else holds them yet
         fields[keys.run_field(run.job_id)] = run.model_dump_json()
     pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
     pipe.expire(key, ttl_s)
+    index.queue_event(
+        pipe,
+        record.event_id,
+        record.received_at,
+        record.source,
+        record.routes,
+        record.status.value,
+        [(run.job_id, run.status.value, run.ambiguous) for run in runs],
+        record.source_event_id,
+        ttl_s,
+    )
+
+
+# Documents of at least this many bytes of JSON are kept zlib-compressed (docs/operations.md, "Redis memory":
+# below it the saving is a few bytes). A stored JSON document begins with one of `{["tfn-0123456789`, a
+# compressed one with this marker, so records written before either way stay readable.
+COMPRESS_FROM_BYTES = 200
+_COMPRESSED = b"z:"
+
+
+def pack_document(document: Any) -> str | bytes:
+    """A document as the event hash keeps it: JSON, zlib-compressed from COMPRESS_FROM_BYTES."""
+    text = json.dumps(document, separators=(",", ":"))
+    if len(text) < COMPRESS_FROM_BYTES:
+        return text
+    return _COMPRESSED + zlib.compress(text.encode(), 6)
+
+
+def unpack_document(raw: bytes | str) -> Any:
+    """The document ``pack_document`` stored (or JSON text, as older records hold it)."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data.startswith(_COMPRESSED):
+        data = zlib.decompress(data[len(_COMPRESSED) :])
+    return json.loads(data)
 
 
 def read_run(redis: Redis, event_id: str, job_id: str) -> RunOutcome | None:
@@ -160,14 +197,16 @@ def save_run(
     Given a pipeline, the writes are queued on it, for its caller to execute with others.
     """
     updated = run.model_copy(update={**changes, "updated_at": time.time()})
-    key = keys.event_key(event_id)
-    if isinstance(redis, Pipeline):
-        redis.hset(key, keys.run_field(run.job_id), updated.model_dump_json())
-        redis.expire(key, ttl_s)
-        return updated
-    with redis.pipeline(transaction=True) as pipe:
-        save_run(pipe, event_id, run, ttl_s, **changes)
-        pipe.execute()
+    # One script: the run saved and its index entry moved together (relay.queue.index).
+    index.save_run(
+        redis,
+        event_id,
+        keys.run_field(run.job_id),
+        updated.model_dump_json(),
+        updated.status.value,
+        updated.ambiguous,
+        ttl_s,
+    )
     return updated
 
 
@@ -201,17 +240,37 @@ def watched_transaction(redis: Redis, watched: Sequence[str], body: Callable[[Pi
 
 def read_document(redis: Redis, event_id: str) -> Any:
     """The event's document as the ingress parsed it, or None when unknown or expired."""
-    raw = redis.hget(keys.event_key(event_id), keys.DOCUMENT_FIELD)
-    return json.loads(raw) if raw else None
+    raw: bytes | None = redis.hget(keys.event_key(event_id), keys.DOCUMENT_FIELD)  # type: ignore[assignment]
+    return unpack_document(raw) if raw else None
 
 
 def read_event(redis: Redis, event_id: str) -> EventView | None:
     """The event and all its runs, or None when unknown or expired."""
     fields: dict[bytes, bytes] = redis.hgetall(keys.event_key(event_id))  # type: ignore[assignment]
-    fields.pop(keys.DOCUMENT_FIELD.encode(), None)
-    raw_event = fields.pop(keys.EVENT_FIELD.encode(), None)
+    return view_of(fields)
+
+
+def view_of(fields: dict[bytes, bytes]) -> EventView | None:
+    """An event and its runs from the fields of its hash (the document left out), None without its record."""
+    raw_event = fields.get(keys.EVENT_FIELD.encode())
     if raw_event is None:
         return None
-    runs = [RunOutcome.model_validate_json(value) for value in fields.values()]
+    run_prefix = keys.run_field("").encode()
+    runs = [
+        RunOutcome.model_validate_json(value) for name, value in fields.items() if name.startswith(run_prefix)
+    ]
     runs.sort(key=lambda run: run.route)
-    return EventView(event=EventRecord.model_validate_json(raw_event), runs=runs)
+    duplicates = int(fields.get(keys.DUPLICATES_FIELD.encode()) or 0)
+    return EventView(event=EventRecord.model_validate_json(raw_event), runs=runs, duplicates=duplicates)
+
+
+INDEXED_STATUSES = (
+    *(status.value for status in EventStatus),
+    *(status.value for status in RunStatus),
+    "ambiguous",
+)
+
+
+def trim_index(redis: Redis, ttl_s: int) -> int:
+    """Remove the index entries of events received more than ``ttl_s`` ago (a bounded pass); how many."""
+    return index.trim(redis, ttl_s, time.time(), INDEXED_STATUSES)

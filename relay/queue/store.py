@@ -42,7 +42,9 @@ from relay.settings import Settings
 # send than thousands): a list of events, each {duplicate key or '', its window in seconds, the event id,
 # its write commands}. Returns per event '' when it was stored, else the event id that first claimed the key.
 # The claim is set after the writes: if a write fails (a Redis out of memory fails at the first one), no
-# claim is left without its runs.
+# claim is left without its runs. ARGV[2..5]: the index of all events, the prefix of event hashes, the index
+# of events repeated, the field counting the repeats: a repeat of an event still stored and indexed counts
+# on its record and puts it in that index (relay.queue.index), so that repeated events can be found.
 _STORE_SCRIPT = """
 local result = {}
 for index, event in ipairs(cmsgpack.unpack(ARGV[1])) do
@@ -53,6 +55,12 @@ for index, event in ipairs(cmsgpack.unpack(ARGV[1])) do
     end
     if first then
         result[index] = first
+        -- (a retry of this very batch finds the event's own claim: not a repeat)
+        local score = first ~= event[3] and redis.call('ZSCORE', ARGV[2], first)
+        if score and redis.call('EXISTS', ARGV[3] .. first) == 1 then
+            redis.call('HINCRBY', ARGV[3] .. first, ARGV[5], 1)
+            redis.call('ZADD', ARGV[4], score, first)
+        end
     else
         for _, command in ipairs(event[4]) do
             redis.call(unpack(command))
@@ -177,6 +185,12 @@ class EventStore:
         self._queue = relay_queue(recorder, settings)
         self._settings = settings
         self._script = redis.register_script(_STORE_SCRIPT)
+        self._index_args = (
+            keys.index_all_key(),
+            keys.event_key(""),
+            keys.index_status_key(EventStatus.DUPLICATE.value),
+            keys.DUPLICATES_FIELD,
+        )
         self._waiting: deque[_Request] = deque()
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -238,7 +252,7 @@ class EventStore:
         # A MessagePack array of n entries is its header and the entries one after the other.
         header = msgpack.packb([None] * len(events))[: -len(events)]
         try:
-            firsts = await self._script(args=[header + b"".join(events)])
+            firsts = await self._script(args=[header + b"".join(events), *self._index_args])
         except Exception as exc:  # every waiting request must get an answer, whatever went wrong
             failure: Exception = exc
             if isinstance(exc, RedisError):

@@ -45,6 +45,7 @@ from rq.worker_registration import clean_worker_registry
 from relay.infra.logs import bind
 from relay.queue.due import PROMOTE_INTERVAL_S, DuePromoter
 from relay.queue.jobs import failure_reason_of
+from relay.queue.records import trim_index
 from relay.settings import load_settings
 from relay.worker.context import WorkerContext
 from relay.worker.job import requeue_abandoned
@@ -253,6 +254,9 @@ class RelayWorker(BaseWorker):
                 queue.intermediate_queue.cleanup(self, queue)
                 for job_id in requeue_stranded(self.connection, queue, HEARTBEAT_TTL_S):
                     log.warning("job %s was taken by a worker that never started it; queued again", job_id)
+                trim_index(
+                    self.connection, self.context.settings.outcome_ttl_s
+                )  # index entries past retention
                 queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
         self.last_cleaned_at = now()  # type: ignore[assignment]
 
