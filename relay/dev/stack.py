@@ -67,8 +67,10 @@ def wait_for_worker(settings: Settings, pid: int, cancelled: threading.Event | N
 
 
 def _outcome_command(settings: Settings, base_url: str) -> str:
-    """How to read an event's outcome: ``GET /events/{id}`` takes the admin token (named, never shown)."""
-    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
+    """How to read an event's outcome: ``GET /events/{id}`` takes the admin token (named, never shown).
+
+    The curl line works only where the shell holds the variable: not for a token made for the session."""
+    if os.environ.get("RELAY_ADMIN_TOKEN", "").strip():
         return f'curl -sS -H "Authorization: Bearer $RELAY_ADMIN_TOKEN" {base_url}/events/<event_id>'
     return f"RELAY_REDIS_URL={describe_redis(settings)} relay events show <event_id>"
 

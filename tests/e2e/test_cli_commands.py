@@ -24,10 +24,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from relay.dev.redis_server import free_port
 from relay.ingress.app import create_app
 from relay.mapping.config import load_config
+from relay.queue import records
 from relay.settings import Settings
 from tests.conftest import (
     ADMIN_HEADERS,
-    SUITE_ADMIN_TOKEN,
     Sandbox,
     answers,
     clean_environment,
@@ -103,7 +103,7 @@ def dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Lines, int, int
             str(sandbox_port),
         ],
         cwd=ROOT,
-        env=clean_environment(RELAY_PORT=str(port), RELAY_ADMIN_TOKEN=SUITE_ADMIN_TOKEN),
+        env=clean_environment(RELAY_PORT=str(port)),  # no token: relay dev makes one (not shown)
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -129,7 +129,7 @@ def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
     redis_url = up.split("(Redis ")[1].split(",")[0]
     curl = output.wait_for("/hooks/website-form")
     outcome = output.wait_for("Then see its outcome")
-    assert 'Authorization: Bearer $RELAY_ADMIN_TOKEN"' in outcome  # the variable's name, not the token
+    assert "relay events show <event_id>" in outcome  # the made token is in no shell: read Redis
     console_link = output.wait_for("/console/login?once=").split(": ")[-1]
     output.wait_for("Ctrl-C stops everything")
     # The console link logs in once: a session cookie, the Overview; a second use is refused.
@@ -154,13 +154,18 @@ def test_relay_dev_printed_curl_reaches_the_sandbox_and_ctrl_c_stops_everything(
     print(f"printed curl to run recorded at the sandbox: {time.monotonic() - sent_at:.3f} s")
     assert {run["status"] for run in runs} == {201}
 
-    def succeeded() -> dict[str, Any] | None:
-        view = httpx.get(f"http://127.0.0.1:{port}/events/{event_id}", headers=ADMIN_HEADERS).json()
-        done = all(run["status"] == "succeeded" for run in view["runs"])
+    # The session's token is not shown, so the outcome is read where `relay events show` reads it.
+    assert httpx.get(f"http://127.0.0.1:{port}/events/{event_id}").status_code == 401
+    records_redis = Redis.from_url(redis_url)
+
+    def succeeded() -> records.EventView | None:
+        view = records.read_event(records_redis, event_id)
+        done = view is not None and all(run.status == "succeeded" for run in view.runs)
         return view if done else None
 
     view = poll(succeeded)
-    assert {run["phlo_run_id"] for run in view["runs"]} == {run["api_id"] for run in runs}
+    records_redis.close()
+    assert {run.phlo_run_id for run in view.runs} == {run["api_id"] for run in runs}
 
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
@@ -213,7 +218,7 @@ def test_ctrl_c_in_the_terminal_running_tasks_py_run_stops_everything_without_a_
     process = subprocess.Popen(
         [sys.executable, *command],
         cwd=ROOT,
-        env=clean_environment(RELAY_PORT=str(port), RELAY_ADMIN_TOKEN=SUITE_ADMIN_TOKEN),
+        env=clean_environment(RELAY_PORT=str(port)),  # no token: relay dev makes one (not shown)
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
