@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from relay.errors import DeadLetterError
 from relay.infra.redis_client import connect
 from relay.mapping.config import load_config
 from relay.outcome.deadletters import DeadLetterFilter, Target, list_dead_letters, purge, show_dead_letter
-from relay.outcome.replay import replay_many
+from relay.outcome.replay import ReplayResult, replay_many
 from relay.queue import records
 from relay.settings import Settings
 
@@ -107,17 +107,21 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     config = load_config(settings.config_path, settings.account_names())  # replays map with this config
 
     def run(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
-        results = replay_many(redis, settings, config, target)
-        for result in results:
-            if result.replayed:
-                print(f"{result.job_id}: replayed (PHLO {result.new_phlo_id})")
-            else:
-                print(f"{result.job_id}: not replayed: {result.reason}")
-        replayed = sum(result.replayed for result in results)
-        print(f"{replayed} of {len(results)} dead letter(s) replayed")
-        return 0 if replayed == len(results) else 1
+        return print_replays(replay_many(redis, settings, config, target), "replayed", "dead letter(s)")
 
     return _with_redis(run)(settings, args)
+
+
+def print_replays(results: Sequence[ReplayResult], done: str, noun: str) -> int:
+    """Print one line per replay and the count; exit status 0 when every one was replayed."""
+    for result in results:
+        if result.replayed:
+            print(f"{result.job_id}: {done} (PHLO {result.new_phlo_id})")
+        else:
+            print(f"{result.job_id}: not replayed: {result.reason}")
+    replayed = sum(result.replayed for result in results)
+    print(f"{replayed} of {len(results)} {noun} replayed")
+    return 0 if replayed == len(results) else 1
 
 
 def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:

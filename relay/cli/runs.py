@@ -8,7 +8,7 @@ from typing import Any
 
 from redis import Redis
 
-from relay.cli.records import _with_redis
+from relay.cli.records import _with_redis, print_replays
 from relay.mapping.config import load_config
 from relay.outcome.override import replay_many_suppressed
 from relay.settings import Settings
@@ -22,14 +22,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
     def run(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
         results = replay_many_suppressed(redis, settings, config, list(args.job_ids))
-        for result in results:
-            if result.replayed:
-                print(f"{result.job_id}: replayed past its cap (PHLO {result.new_phlo_id})")
-            else:
-                print(f"{result.job_id}: not replayed: {result.reason}")
-        replayed = sum(result.replayed for result in results)
-        print(f"{replayed} of {len(results)} run(s) replayed")
-        return 0 if replayed == len(results) else 1
+        return print_replays(results, "replayed past its cap", "run(s)")
 
     return _with_redis(run)(settings, args)
 

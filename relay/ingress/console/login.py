@@ -22,9 +22,9 @@ from relay.ingress.console.render import (
     LOGIN_COOKIE,
     PREFIX,
     csrf_refusal,
-    is_https,
     login_form,
     page,
+    set_cookie,
 )
 from relay.ingress.origin import client_ip
 from relay.ingress.state import REDIS, SETTINGS, in_thread
@@ -38,15 +38,7 @@ async def _logged_in(request: web.Request) -> web.Response:
     ttl_s = settings.console_session_ttl_s
     session_id, _ = await in_thread(request, begin_session, request.app[REDIS], ttl_s)
     response = web.Response(status=303, headers={"Location": PREFIX})
-    response.set_cookie(
-        SESSION_COOKIE,
-        session_id,
-        max_age=ttl_s,
-        path=PREFIX,
-        httponly=True,
-        samesite="Strict",
-        secure=is_https(request),
-    )
+    set_cookie(request, response, SESSION_COOKIE, session_id, ttl_s)
     response.del_cookie(LOGIN_COOKIE, path=PREFIX)
     return response
 

@@ -114,16 +114,15 @@ def login_form(request: web.Request, status: int = 401, message: str = "") -> we
     # Nothing of the request is echoed (not even its path: an event id) to whoever is not logged in.
     context = {"message": message, "login_csrf": token}
     response = aiohttp_jinja2.render_template("login.html", request, context, status=status)
-    response.set_cookie(
-        LOGIN_COOKIE,
-        token,
-        max_age=LOGIN_FORM_TTL_S,
-        path=PREFIX,
-        httponly=True,
-        samesite="Strict",
-        secure=is_https(request),
-    )
+    set_cookie(request, response, LOGIN_COOKIE, token, LOGIN_FORM_TTL_S)
     return response
+
+
+def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str, ttl_s: int) -> None:
+    """Set one of the console's cookies: HttpOnly, SameSite Strict, Secure over HTTPS, for /console/ only."""
+    response.set_cookie(
+        name, value, max_age=ttl_s, path=PREFIX, httponly=True, samesite="Strict", secure=is_https(request)
+    )
 
 
 def is_https(request: web.Request) -> bool:
