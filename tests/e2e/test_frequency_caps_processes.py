@@ -28,7 +28,7 @@ from relay.mapping.caps import recipient_hash
 from relay.queue.jobs import relay_queue
 from relay.queue.records import RunOutcome, read_event
 from relay.settings import Settings
-from tests.conftest import KNOWN_PHLO, Sandbox, answers, clean_environment, poll
+from tests.conftest import KNOWN_PHLO, Sandbox, answers, clean_environment, poll, with_admin_token
 from tests.infra.test_metric_counts import scrape, value
 
 PHONE = "+14155550123"
@@ -98,6 +98,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 def test_20_events_for_one_number_across_2_ingress_and_3_workers_send_1_and_suppress_19(
     settings: Settings, sandbox: Sandbox, redis: Redis, tmp_path: Path
 ) -> None:
+    settings = with_admin_token(settings)  # the worker's /metrics takes the admin token
     settings.config_path.write_text(CONFIG, encoding="utf-8")
     ports, metrics_port = [free_port(), free_port()], free_port()
     urls = [f"http://127.0.0.1:{port}" for port in ports]

@@ -33,6 +33,7 @@ from tests.conftest import (
     assert_attempts_are_its_attempt_steps,
     clean_environment,
     poll,
+    with_admin_token,
 )
 from tests.infra.test_metric_counts import scrape, value
 from tests.worker.test_worker_processes import (
@@ -109,7 +110,7 @@ async def test_runs_held_at_night_survive_a_restart_of_everything_and_go_at_the_
 ) -> None:
     night_s, opens_s = night_and_opening()
     with EmbeddedRedis(tmp_path / "redis", port=free_port(), appendonly=True) as own_redis:
-        base = settings.model_copy(
+        base = with_admin_token(settings).model_copy(  # the worker's /metrics takes the admin token
             update={"redis_url": own_redis.url, "rate_limit": 5, "rate_window_s": 1.0,
                     "worker_metrics_port": free_port()}
         )  # fmt: skip
@@ -162,7 +163,7 @@ async def test_a_run_whose_window_opens_after_its_max_age_expires_or_waits_as_it
     aiohttp_client: Any, settings: Settings, sandbox: Sandbox, redis: Redis, past_max_age: str
 ) -> None:
     night_s, opens_s = night_and_opening()  # 5 hours to the opening; its maximum age is 1 hour
-    base = settings.model_copy(update={"worker_metrics_port": free_port()})
+    base = with_admin_token(settings).model_copy(update={"worker_metrics_port": free_port()})
     config = _with_config(base, quiet_config(past_max_age, max_age_s=3600))
     night = at_clock(base, night_s)
     client, event_ids = await post_events(aiohttp_client, night, config, 1)
@@ -194,6 +195,7 @@ async def test_a_run_inside_its_window_goes_at_once_and_the_zone_can_come_from_t
 ) -> None:
     night_s, _ = night_and_opening()  # 03:00 in New York is 08:00 in London (or 07:00 around DST changes)
     text = quiet_config().replace(f"timezone: {ZONE}", "timezone: {path: tz, default: America/New_York}")
+    settings = with_admin_token(settings)  # the test reads /events/{id}
     config = _with_config(settings, text)
     day = at_clock(settings, night_s + 3600)  # 04:00 in New York: 08:00 or 09:00 in London
     client = await aiohttp_client(create_app(day, config))
