@@ -23,7 +23,7 @@ from relay.outcome.replay import ReplayResult, replay
 from relay.queue.jobs import relay_queue
 from relay.queue.records import read_event
 from relay.settings import Settings
-from tests.conftest import ALERT_PHLO, KNOWN_PHLO, Sandbox, drain_queue
+from tests.conftest import ADMIN_HEADERS, ALERT_PHLO, KNOWN_PHLO, Sandbox, drain_queue, with_admin_token
 
 PHONE = "+14155550123"
 TOKEN = "caps-admin-token-7f1d"
@@ -64,7 +64,8 @@ def statuses(redis: Redis, event_id: str) -> dict[str, str]:
 async def test_a_retried_run_is_counted_once_and_the_next_event_is_suppressed_naming_it(
     aiohttp_client: Any, settings: Settings, sandbox: Sandbox, redis: Redis
 ) -> None:
-    client = await aiohttp_client(create_app(settings, parse_config(CONFIG, "caps.yaml")))
+    app = create_app(with_admin_token(settings), parse_config(CONFIG, "caps.yaml"))  # reads /events/{id}
+    client = await aiohttp_client(app)
     first = await post(client, "r-1")
     sandbox.fail(500, 1)  # its first attempt fails; the retry passes its cap again and succeeds
     drain_queue(settings)
@@ -84,7 +85,7 @@ async def test_a_retried_run_is_counted_once_and_the_next_event_is_suppressed_na
     assert (suppressed.collided_with.job_id, suppressed.collided_with.kind) == (run.job_id, "route")
     assert len(sandbox.runs()) == 2  # the failed attempt and the success: nothing for the second event
     # Through the event API too.
-    shown = await (await client.get(f"/events/{second}")).json()
+    shown = await (await client.get(f"/events/{second}", headers=ADMIN_HEADERS)).json()
     assert shown["runs"][0]["collided_with"]["event_id"] == first
 
 
