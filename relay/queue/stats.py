@@ -32,6 +32,7 @@ EVENTS, RUNS, RUNS_HOURLY = "events", "runs", "runs-hourly"
 MINUTE_TTL_S = 2 * 3600  # the Overview reads the last hour per minute
 HOUR_TTL_S = 26 * 3600  # and the last 24 h per hour
 FLUSH_INTERVAL_S = 1.0
+CLOSE_FLUSH_TIMEOUT_S = 5.0  # a last write at shutdown is worth this much, not a hung shutdown
 ERROR_CHARS = 300
 RUN_OUTCOMES = ("succeeded", "failed", "dead_lettered")
 
@@ -70,6 +71,7 @@ class EventCounter:
     _counts: Counter[tuple[str, int, str]] = field(default_factory=Counter)  # (kind, bucket, field)
     _errors: dict[str, str] = field(default_factory=dict)  # route -> JSON {at, error}
     _writer: asyncio.Task[None] | None = None
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def count(self, source: str, outcome: str) -> None:
         """One event of ``source``: accepted, ignored, duplicate, ping or ``refused:<reason>``."""
@@ -90,8 +92,11 @@ class EventCounter:
             self._writer = asyncio.get_running_loop().create_task(self._write_every_interval())
 
     async def _write_every_interval(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)  # the batching interval itself, not a wait for an event
+        # The batching interval is a timed wait on the closing event: close() stops the loop between writes,
+        # never by cancelling a write in the middle of its pipeline (which could leave the close waiting).
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.interval_s)
             await self.flush()
 
     async def flush(self) -> None:
@@ -117,12 +122,16 @@ class EventCounter:
             self._errors = {**errors, **self._errors}
 
     async def close(self) -> None:
-        """Stop writing every interval, after a last write."""
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        await self.flush()
+        """Stop writing every interval, after a last write (given up after CLOSE_FLUSH_TIMEOUT_S)."""
+        self._closing.set()
+        try:
+            async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT_S):
+                if self._writer is not None:
+                    await self._writer  # it writes once more as it stops
+                else:
+                    await self.flush()
+        except TimeoutError:
+            log.warning("console counts not written at shutdown: Redis did not answer in time")
 
 
 @dataclass(frozen=True)
