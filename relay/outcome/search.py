@@ -17,15 +17,11 @@ from redis import Redis
 from relay import keys
 from relay.queue import index
 from relay.queue.jobs import job_id_for
-from relay.queue.records import EventRecord, EventStatus, EventView, RunOutcome, RunStatus
+from relay.queue.records import INDEXED_STATUSES, EventRecord, EventStatus, EventView, RunOutcome, RunStatus
 
-# What ``--status`` takes: an event's status, a run's status, or ``ambiguous`` (a run whose request may
-# have reached the runner more than once).
-STATUSES = (
-    *(status.value for status in EventStatus),
-    *(status.value for status in RunStatus),
-    "ambiguous",
-)
+# What ``--status`` takes: the statuses the index keeps, an event's, a run's, or ``ambiguous`` (a run whose
+# request may have reached the runner more than once).
+STATUSES = INDEXED_STATUSES
 MAX_LIMIT = 500
 
 

@@ -267,7 +267,7 @@ def view_of(fields: dict[bytes, bytes]) -> EventView | None:
 INDEXED_STATUSES = (
     *(status.value for status in EventStatus),
     *(status.value for status in RunStatus),
-    "ambiguous",
+    index.AMBIGUOUS,
 )
 
 
