@@ -39,7 +39,7 @@ from relay.infra.metrics import (
     multiprocess_directory,
 )
 from relay.queue.jobs import relay_queue
-from relay.queue.pause import list_paused
+from relay.queue.pause import Pause, list_paused
 from relay.runner.breaker import CircuitBreaker
 from relay.settings import Settings
 
@@ -103,32 +103,15 @@ class QueueStateCollector(Collector):
 
     def _read(self) -> Iterator[GaugeMetricFamily]:
         settings, redis = self._settings, self._redis_source()
-        queue = relay_queue(redis, settings)
-        now = time.time()
-        registries = {
-            "running": StartedJobRegistry(queue=queue),
-            "scheduled": ScheduledJobRegistry(queue=queue),  # type: ignore[no-untyped-call]
-            "dead_lettered": FailedJobRegistry(queue=queue),
-        }
-        with redis.pipeline(transaction=False) as pipe:
-            pipe.llen(queue.key)
-            pipe.lindex(queue.key, 0)
-            for state, registry in registries.items():
-                # Entries are scored by when they expire (started, failed) or are due (scheduled).
-                if state == "scheduled":
-                    pipe.zcard(registry.key)
-                else:
-                    pipe.zcount(registry.key, now, "+inf")
-            pipe.zrange(registries["scheduled"].key, 0, 0, withscores=True)
-            queued, head, *counts, first_due = pipe.execute()
+        queue_name = relay_queue(redis, settings).name
+        counts = read_queue_counts(redis, settings)
 
         runs = GaugeMetricFamily(
             QUEUE_RUNS, "Runs in the queue by state: queued, running, scheduled (retries), dead_lettered.",
             labels=["queue", "state"],
         )  # fmt: skip
-        runs.add_metric([queue.name, "queued"], queued)
-        for state, count in zip(registries, counts, strict=True):
-            runs.add_metric([queue.name, state], count)
+        for state in ("queued", "running", "scheduled", "dead_lettered"):
+            runs.add_metric([queue_name, state], getattr(counts, state))
         yield runs
 
         ages = GaugeMetricFamily(
@@ -137,13 +120,12 @@ class QueueStateCollector(Collector):
             "overdue scheduled run is past its due time (0: none is due).",
             labels=["queue", "state"],
         )
-        ages.add_metric([queue.name, "queued"], _queued_age_s(redis, head, now))
-        due_at = first_due[0][1] if first_due else None
-        ages.add_metric([queue.name, "scheduled"], max(0.0, now - due_at) if due_at else 0.0)
+        ages.add_metric([queue_name, "queued"], counts.oldest_queued_age_s)
+        ages.add_metric([queue_name, "scheduled"], counts.most_overdue_scheduled_s)
         yield ages
 
         workers = GaugeMetricFamily(WORKERS, "RQ workers registered on the queue.", labels=["queue"])
-        workers.add_metric([queue.name], len(get_keys(queue=queue)))
+        workers.add_metric([queue_name], counts.workers)
         yield workers
 
         breakers = GaugeMetricFamily(
@@ -160,7 +142,7 @@ class QueueStateCollector(Collector):
             RUNS_HELD, "Runs held by each paused route, account or source (a series per pause).",
             labels=["kind", "name"],
         )  # fmt: skip
-        for each in list_paused(redis):
+        for each in counts.pauses:
             held.add_metric([each.kind, each.name], each.held)
         yield held
         yield from _memory(redis)
@@ -194,34 +176,45 @@ def _queued_age_s(redis: Redis, head: bytes | None, now: float) -> float:
 
 @dataclass(frozen=True)
 class QueueCounts:
-    """The queue's state as the console's Overview shows it (the figures of the gauges above)."""
+    """The queue's state, as the gauges above and the console's Overview show it."""
 
     queued: int
     oldest_queued_age_s: float
     running: int
     scheduled: int
+    most_overdue_scheduled_s: float  # how long the most overdue scheduled run is past due (0: none is due)
     dead_lettered: int
-    held: int
+    pauses: list[Pause]
     workers: int
+
+    @property
+    def held(self) -> int:
+        """Runs held by pauses, all of them."""
+        return sum(each.held for each in self.pauses)
 
 
 def read_queue_counts(redis: Redis, settings: Settings) -> QueueCounts:
-    """The queue's depth, its head's age, runs in flight, scheduled retries, dead letters and held runs."""
+    """The queue's depth, its head's age, runs in flight, scheduled retries, dead letters and pauses."""
     queue = relay_queue(redis, settings)
     now = time.time()
+    scheduled_key = ScheduledJobRegistry(queue=queue).key  # type: ignore[no-untyped-call]
     with redis.pipeline(transaction=False) as pipe:
         pipe.llen(queue.key)
         pipe.lindex(queue.key, 0)
+        # Entries are scored by when they expire (started, failed) or are due (scheduled).
         pipe.zcount(StartedJobRegistry(queue=queue).key, now, "+inf")
-        pipe.zcard(ScheduledJobRegistry(queue=queue).key)  # type: ignore[no-untyped-call]
+        pipe.zcard(scheduled_key)
         pipe.zcount(FailedJobRegistry(queue=queue).key, now, "+inf")
-        queued, head, running, scheduled, dead = pipe.execute()
+        pipe.zrange(scheduled_key, 0, 0, withscores=True)
+        queued, head, running, scheduled, dead, first_due = pipe.execute()
+    due_at = first_due[0][1] if first_due else None
     return QueueCounts(
         queued=queued,
         oldest_queued_age_s=_queued_age_s(redis, head, now),
         running=running,
         scheduled=scheduled,
+        most_overdue_scheduled_s=max(0.0, now - due_at) if due_at else 0.0,
         dead_lettered=dead,
-        held=sum(each.held for each in list_paused(redis)),
+        pauses=list_paused(redis),
         workers=len(get_keys(queue=queue)),
     )
