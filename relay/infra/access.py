@@ -58,13 +58,21 @@ class AdminToken:
         """False when RELAY_ADMIN_TOKEN is unset or blank: what it guards then answers 404."""
         return self._expected is not None
 
+    def matches(self, given: str) -> bool:
+        """Whether ``given`` (surrounding blanks aside) is the token, compared in constant time."""
+        return (
+            self._expected is not None
+            and bool(given.strip())
+            and hmac.compare_digest(_digest(given.strip()), self._expected)
+        )
+
     def refusal(self, authorization: str, what: str) -> Refusal | None:
         """None when ``authorization`` (the header's value) carries the token, else the 401 to answer."""
         scheme, _, given = authorization.partition(" ")
         if self._expected is None or scheme.lower() != "bearer" or not given.strip():
             message = f"{what} needs the header Authorization: Bearer <RELAY_ADMIN_TOKEN>"
             return Refusal("unauthorized", message, REALM, False)
-        if not hmac.compare_digest(_digest(given.strip()), self._expected):
+        if not self.matches(given):
             message = "the bearer token is not the admin token"
             return Refusal("unauthorized", message, f'{REALM}, error="invalid_token"', True)
         return None

@@ -36,16 +36,6 @@ class Session:
         return f"Session(began_at={self.began_at})"
 
 
-def token_digest(token: str) -> bytes:
-    """SHA-256 of a token as sent: comparing digests is constant-time whatever the length sent."""
-    return hashlib.sha256(sent(token.strip())).digest()
-
-
-def is_admin_token(given: str, expected: bytes) -> bool:
-    """Whether ``given`` is the admin token whose digest is ``expected`` (constant time)."""
-    return bool(given.strip()) and hmac.compare_digest(token_digest(given), expected)
-
-
 def _key_digest(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 

@@ -7,12 +7,12 @@ import logging
 
 from aiohttp import web
 
+from relay.infra.access import AdminToken
 from relay.ingress.checks.request import sent
 from relay.ingress.console.access import (
     SESSION_COOKIE,
     begin_session,
     end_session,
-    is_admin_token,
     login_blocked_for_s,
     note_login_failure,
     use_login_link_token,
@@ -30,7 +30,7 @@ from relay.ingress.origin import client_ip
 from relay.ingress.state import REDIS, SETTINGS, in_thread
 
 log = logging.getLogger(__name__)
-ADMIN_DIGEST = web.AppKey("console_admin_digest", bytes)
+ADMIN_TOKEN = web.AppKey("console_admin_token", AdminToken)
 
 
 async def _logged_in(request: web.Request) -> web.Response:
@@ -67,7 +67,7 @@ async def log_in(request: web.Request) -> web.Response:
         message = f"Too many wrong tokens from your address: try again in {wait_s // 60 + 1} min."
         return login_form(request, status=429, message=message)
     token = form.get("token")
-    if not isinstance(token, str) or not is_admin_token(token, request.app[ADMIN_DIGEST]):
+    if not isinstance(token, str) or not request.app[ADMIN_TOKEN].matches(token):
         log.warning("console login refused: wrong admin token from %s", client)
         await in_thread(request, note_login_failure, redis, client)
         return login_form(request, message="That is not the admin token (RELAY_ADMIN_TOKEN).")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from relay.infra.access import AdminToken
 from relay.ingress.console import deadletters, events, overview, routes
-from relay.ingress.console.access import token_digest
-from relay.ingress.console.login import ADMIN_DIGEST, log_in, log_out, show_login
+from relay.ingress.console.login import ADMIN_TOKEN, log_in, log_out, show_login
 from relay.ingress.console.render import add_security_headers, setup_templates
 from relay.settings import Settings
 
@@ -17,10 +17,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 def add_console_routes(app: web.Application, settings: Settings) -> None:
     """Register ``/console/`` when RELAY_ADMIN_TOKEN is set (and not empty); else it answers 404."""
-    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
-    if not token.strip():
+    token = AdminToken(settings.admin_token)
+    if not token.configured:
         return
-    app[ADMIN_DIGEST] = token_digest(token)
+    app[ADMIN_TOKEN] = token
     setup_templates(app)
     app.on_response_prepare.append(add_security_headers)
     router = app.router
